@@ -1,0 +1,45 @@
+"""jaxent: information theory for training on JAX.
+
+The single list of what is public. Each section re-exports one private module;
+a function's module is named after its family.
+"""
+
+# softmax family
+from jaxent._softmax import log_softmax as log_softmax
+from jaxent._softmax import logit as logit
+from jaxent._softmax import logsumexp as logsumexp
+from jaxent._softmax import softmax as softmax
+
+# information measures
+from jaxent._information import binary_entropy as binary_entropy
+from jaxent._information import cross_entropy as cross_entropy
+from jaxent._information import entropy as entropy
+from jaxent._information import entropy_from_logits as entropy_from_logits
+from jaxent._information import self_information as self_information
+
+# divergences
+from jaxent._divergences import js_divergence as js_divergence
+from jaxent._divergences import js_divergence_from_logits as js_divergence_from_logits
+from jaxent._divergences import kl_divergence as kl_divergence
+from jaxent._divergences import kl_divergence_diag_gaussian as kl_divergence_diag_gaussian
+from jaxent._divergences import kl_divergence_from_logits as kl_divergence_from_logits
+from jaxent._divergences import kl_estimate as kl_estimate
+
+# losses
+from jaxent._losses import binary_cross_entropy as binary_cross_entropy
+from jaxent._losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxent._losses import softmax_cross_entropy as softmax_cross_entropy
+from jaxent._losses import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
+from jaxent._losses import weighted_mean as weighted_mean
+
+# label smoothing (issue 4)
+
+# large vocabularies and sharding (issue 5)
+
+# derivations and verification (issue 3)
+
+# checked mode (issue 6)
+
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+r"""Information measures: self-information, entropy, binary entropy, cross-entropy.
+
+Distributions come in the order of the formula (``cross_entropy(p, q)`` is
+:math:`H(p, q)`), in nats by default (``base=2`` for bits, any base > 0, != 1).
+
+Support convention (shared with the divergences): a term :math:`p_i \log(\cdot)`
+with :math:`p_i = 0` is the constant 0: it contributes neither value nor
+gradient (:math:`0 \log 0 = 0`, also where :math:`q_i = 0`). This is what
+autodiff of the ``jnp.where``-cleaned definition gives, keeps every gradient
+finite at zero probabilities, and makes compositions such as
+``entropy(softmax(z))`` NaN-free where ``softmax`` underflows to 0.
+
+``where`` removes entries from the sums (no renormalisation); a mask of rank
+one less than the input removes whole rows, which give 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxent import _checks
+from jaxent._softmax import (
+    clean_tangent,
+    log_probs_from_stats,
+    prepare_logits,
+    probs_from_stats,
+    row_stats,
+)
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+def prepare_probs(
+    arrays: dict[str, Any], axis: int, where: Any
+) -> tuple[list[Array], int, Array | None, Any]:
+    """Checks probability arrays of one shape; returns them in the compute dtype."""
+    names = list(arrays)
+    xs = [_checks.as_inexact(arrays[n], n) for n in names]
+    for n, x in zip(names[1:], xs[1:], strict=True):
+        _checks.check_same_shape(xs[0], x, names[0], n)
+    ax = _checks.canonical_axis(axis, xs[0].ndim)
+    mask = _checks.normalize_where(where, xs[0].shape, ax)
+    out_dt = _checks.output_dtype(*[x.dtype for x in xs])
+    cdt = _checks.compute_dtype(*[x.dtype for x in xs])
+    return [x.astype(cdt) for x in xs], ax, mask, out_dt
+
+
+def support(p: Array, mask: Array | None) -> Array:
+    """Entries whose ``p * log(...)`` term is active: kept and ``p != 0``."""
+    return p != 0 if mask is None else mask & (p != 0)
+
+
+def safe_log(x: Array, active: Array) -> Array:
+    """``log(x)`` on active entries, 0 elsewhere (cleaned before the log)."""
+    return jnp.where(active, jnp.log(jnp.where(active, x, 1)), 0)
+
+
+# --------------------------------------------------------------------------- self-information
+
+
+def self_information(p: ArrayLike, *, base: float | None = None) -> Array:
+    r"""Self-information (surprisal) :math:`I(p) = -\log_b p`, elementwise.
+
+    Rare events carry much information, certain ones none (seeds 002/003:
+    :math:`I(x) = -\log_2 p(x)` in bits). ``I(0) = +inf``; its gradient
+    :math:`-1/(p \ln b)` is autodiff of ``log`` (already the closed form).
+
+    Args:
+      p: probabilities (integer inputs are promoted).
+      base: log base (``None``: nats, 2: bits).
+
+    Returns:
+      Elementwise self-information in the floating dtype of ``p``.
+    """
+    p = _checks.as_inexact(p, "p")
+    x = p.astype(_checks.compute_dtype(p.dtype))
+    return _checks.in_base(-jnp.log(x), base).astype(p.dtype)
+
+
+# --------------------------------------------------------------------------- entropy
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _entropy(p: Array, mask: Array | None, axis: int) -> Array:
+    act = support(p, mask)
+    return -jnp.sum(jnp.where(act, p * safe_log(p, act), 0), axis=axis)
+
+
+@_entropy.defjvp
+def _entropy_jvp(axis, primals, tangents):
+    p, mask = primals
+    dp, _ = tangents
+    act = support(p, mask)
+    log_p = safe_log(p, act)
+    h = -jnp.sum(jnp.where(act, p * log_p, 0), axis=axis)
+    grad = jnp.where(act, -(log_p + 1), 0)
+    return h, jnp.sum(grad * dp, axis=axis)
+
+
+def entropy(
+    p: ArrayLike,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    *,
+    base: float | None = None,
+) -> Array:
+    r"""Shannon entropy :math:`H(p) = -\sum_i p_i \log_b p_i`.
+
+    .. math::
+      \frac{\partial H}{\partial p_i} = -(\log p_i + 1)\ \ (p_i > 0), \qquad 0\ \ (p_i = 0)
+
+    :math:`0\log 0 = 0` (support convention, module docstring). ``p`` is not
+    renormalised; matches ``scipy.stats.entropy`` on normalised input.
+
+    Args:
+      p: probabilities along ``axis``.
+      axis: the class axis.
+      where: optional mask (rank of ``p``: entries; one less: rows).
+      base: log base (``None``: nats, 2: bits).
+
+    Returns:
+      Entropies (``p.shape`` without ``axis``) in the floating dtype of ``p``.
+    """
+    (p,), ax, mask, dt = prepare_probs({"p": p}, axis, where)
+    return _checks.in_base(_entropy(p, mask, ax), base).astype(dt)
+
+
+# --------------------------------------------------------------------------- entropy from logits
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _entropy_logits(x: Array, mask: Array | None, axis: int) -> Array:
+    shifted, e, s, _ = row_stats(x, mask, axis)
+    p = probs_from_stats(e, s)
+    ls = log_probs_from_stats(shifted, s)
+    return -jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, ls, 0), 0), axis=axis)
+
+
+@_entropy_logits.defjvp
+def _entropy_logits_jvp(axis, primals, tangents):
+    x, mask = primals
+    dx, _ = tangents
+    shifted, e, s, _ = row_stats(x, mask, axis)
+    p = probs_from_stats(e, s)
+    ls = jnp.where(p > 0, log_probs_from_stats(shifted, s), 0)
+    h = -jnp.sum(p * ls, axis=axis)
+    # dH/dz = -p * (log p + H)
+    g = -p * (ls + jnp.expand_dims(h, axis))
+    return h, jnp.sum(g * clean_tangent(dx, mask), axis=axis)
+
+
+def entropy_from_logits(
+    logits: ArrayLike,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    *,
+    base: float | None = None,
+) -> Array:
+    r"""Entropy of :math:`\mathrm{softmax}(z)`, computed from the logits.
+
+    .. math::
+      H = -\sum_i p_i \log p_i, \quad p = \mathrm{softmax}(z), \qquad
+      \frac{\partial H}{\partial z} = -p \odot (\log p + H)
+
+    Stable for ``-inf``/masked logits (those classes have :math:`p_i = 0` and
+    no gradient) and huge logits; a fully masked row gives 0.
+
+    Args:
+      logits: floating array.
+      axis: the class axis.
+      where: optional mask (rank of ``logits``: classes; one less: rows).
+      base: log base (``None``: nats, 2: bits).
+
+    Returns:
+      Entropies in the dtype of ``logits`` (computed in >= float32).
+    """
+    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    return _checks.in_base(_entropy_logits(x, mask, ax), base).astype(dt)
+
+
+# --------------------------------------------------------------------------- binary entropy
+
+
+def binary_entropy(p: ArrayLike, *, base: float | None = None) -> Array:
+    r"""Binary entropy :math:`h(p) = -p\log p - (1-p)\log(1-p)`, elementwise.
+
+    :math:`h(0) = h(1) = 0`; :math:`h'(p) = \log\frac{1-p}{p}`. At ``p`` = 0 or
+    1 the support convention holds the vanishing term at 0, so the gradient
+    there is +1 / -1 (finite) rather than :math:`\pm\infty`. The derivative is
+    autodiff of the cleaned expression, which is the closed form.
+
+    Args:
+      p: probabilities in [0, 1].
+      base: log base (``None``: nats, 2: bits).
+
+    Returns:
+      Elementwise binary entropy in the floating dtype of ``p``.
+    """
+    p = _checks.as_inexact(p, "p")
+    x = p.astype(_checks.compute_dtype(p.dtype))
+    q = 1 - x
+    a, b = x != 0, q != 0
+    h = -jnp.where(a, x * jnp.log(jnp.where(a, x, 1)), 0) - jnp.where(
+        b, q * jnp.log1p(-jnp.where(b, x, 0)), 0
+    )
+    return _checks.in_base(h, base).astype(p.dtype)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _cross_entropy(p: Array, q: Array, mask: Array | None, axis: int) -> Array:
+    act = support(p, mask)
+    return -jnp.sum(jnp.where(act, p * safe_log(q, act), 0), axis=axis)
+
+
+def _cross_entropy_jvp(axis, primals, tangents):
+    p, q, mask = primals
+    dp, dq, _ = tangents
+    act = support(p, mask)
+    out = -jnp.sum(jnp.where(act, p * safe_log(q, act), 0), axis=axis)
+    dout = None
+    if not _checks.is_symbolic_zero(dp):
+        # dH/dp_i = -log q_i, except the 0 log 0 corner (p_i = q_i = 0): 0.
+        live = (p != 0) | (q > 0)
+        if mask is not None:
+            live = live & mask
+        dout = jnp.sum(-safe_log(q, live) * dp, axis=axis)
+    if not _checks.is_symbolic_zero(dq):
+        # dH/dq_i = -p_i / q_i (0 where p_i = 0).
+        g = jnp.where(act, -p / jnp.where(act, q, 1), 0)
+        t = jnp.sum(g * dq, axis=axis)
+        dout = t if dout is None else dout + t
+    if dout is None:
+        dout = jnp.zeros_like(out)
+    return out, dout
+
+
+_cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
+
+
+def cross_entropy(
+    p: ArrayLike,
+    q: ArrayLike,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    *,
+    base: float | None = None,
+) -> Array:
+    r"""Cross-entropy :math:`H(p, q) = -\sum_i p_i \log_b q_i` between probability vectors.
+
+    .. math::
+      \frac{\partial H}{\partial p_i} = -\log q_i, \qquad
+      \frac{\partial H}{\partial q_i} = -\frac{p_i}{q_i}
+
+    ``p`` is the true (target) distribution, ``q`` the model's. A zero
+    :math:`p_i` contributes nothing (also where :math:`q_i = 0`, whose
+    corner has gradient 0); :math:`p_i > 0 = q_i` gives ``+inf``, the true
+    value. :math:`D(p\|q) = H(p, q) - H(p)`. For logits use
+    :func:`softmax_cross_entropy`.
+
+    Args:
+      p: target probabilities.
+      q: model probabilities, same shape.
+      axis: the class axis.
+      where: optional mask (rank of ``p``: entries; one less: rows).
+      base: log base (``None``: nats, 2: bits).
+
+    Returns:
+      Cross-entropies in the promoted floating dtype of ``p`` and ``q``.
+    """
+    (p, q), ax, mask, dt = prepare_probs({"p": p, "q": q}, axis, where)
+    return _checks.in_base(_cross_entropy(p, q, mask, ax), base).astype(dt)

@@ -1,0 +1,267 @@
+"""The softmax family: ``softmax``, ``log_softmax``, ``logsumexp``, ``logit``.
+
+All are computed in at least float32 with the max-shift trick and carry a
+``jax.custom_jvp`` whose tangent reuses the primal output:
+
+* softmax:      dp = p * (dz - <p, dz>)          (Jacobian diag(p) - p p^T)
+* log_softmax:  dl = dz - <p, dz>
+* logsumexp:    dlse = <p, dz>                   (gradient = softmax)
+* logit:        dy = dp / (p (1 - p))
+
+Conventions shared by every function of jaxent that takes logits:
+
+* ``where`` has either the rank of the input (a mask of entries: ``False``
+  removes a class) or one less (a mask of rows: ``False`` removes the row).
+* A removed entry behaves like a logit of ``-inf``: probability 0,
+  log-probability ``-inf``, and it receives a gradient of exactly 0.
+* A row with no entry left (fully masked, or all logits ``-inf``) has
+  ``logsumexp = -inf``, softmax all zeros and log_softmax all ``-inf``; its
+  gradients are 0. Nothing is NaN.
+* ``+inf`` logits are outside the domain (the result is NaN; the checked mode
+  of :func:`jaxent.checked` reports them).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxent import _checks
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+# --------------------------------------------------------------------------- shared kernel
+
+
+def row_stats(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array, Array, Array]:
+    """Max-shifted exponentials of one row: the kernel every logits function uses.
+
+    Args:
+      x: logits in the compute dtype.
+      mask: boolean mask of kept entries (same shape) or ``None``.
+      axis: the (non-negative) class axis.
+
+    Returns:
+      ``(shifted, e, s, m)`` with ``shifted = x - m`` (``-inf`` at removed
+      entries), ``e = exp(shifted)``, ``s = sum(e)`` and ``m`` the finite row
+      shift (0 for an empty row), the last two with ``keepdims=True``.
+    """
+    if mask is not None:
+        x = jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(x, axis=axis, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    shifted = x - m
+    e = jnp.exp(shifted)
+    s = jnp.sum(e, axis=axis, keepdims=True)
+    return shifted, e, s, m
+
+
+def safe_log(s: Array) -> Array:
+    """``log(s)`` for a row sum ``s >= 0``, with ``log 0`` replaced by 0.
+
+    Used where the row is empty and the caller already has ``-inf`` entries.
+    """
+    return jnp.log(jnp.where(s > 0, s, 1))
+
+
+def probs_from_stats(e: Array, s: Array) -> Array:
+    """softmax from ``row_stats``; an empty row gives zeros."""
+    return e / jnp.where(s > 0, s, 1)
+
+
+def log_probs_from_stats(shifted: Array, s: Array) -> Array:
+    """log_softmax from ``row_stats``; removed entries and empty rows give ``-inf``."""
+    return shifted - safe_log(s)
+
+
+def lse_from_stats(s: Array, m: Array) -> Array:
+    """logsumexp from ``row_stats``; an empty row gives ``-inf``."""
+    return jnp.log(s) + m
+
+
+def clean_tangent(dx: Array, mask: Array | None) -> Array:
+    """Zeroes tangents of removed entries so a NaN there cannot leak."""
+    return dx if mask is None else jnp.where(mask, dx, 0)
+
+
+def prepare_logits(
+    logits: ArrayLike, axis: int, where: Any, name: str = "logits"
+) -> tuple[Array, int, Array | None, Any]:
+    """Checks logits, returns ``(x in compute dtype, axis, mask, output dtype)``."""
+    logits = _checks.check_floating(logits, name)
+    ax = _checks.canonical_axis(axis, logits.ndim)
+    mask = _checks.normalize_where(where, logits.shape, ax)
+    return logits.astype(_checks.compute_dtype(logits.dtype)), ax, mask, logits.dtype
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _softmax(x: Array, mask: Array | None, axis: int) -> Array:
+    _, e, s, _ = row_stats(x, mask, axis)
+    return probs_from_stats(e, s)
+
+
+@_softmax.defjvp
+def _softmax_jvp(axis, primals, tangents):
+    x, mask = primals
+    dx, _ = tangents
+    p = _softmax(x, mask, axis)
+    dx = clean_tangent(dx, mask)
+    return p, p * (dx - jnp.sum(p * dx, axis=axis, keepdims=True))
+
+
+def softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> Array:
+    r"""Numerically stable softmax.
+
+    .. math::
+      \mathrm{softmax}(z)_i = \frac{e^{z_i - m}}{\sum_j e^{z_j - m}}, \qquad m = \max_j z_j
+
+    Its custom JVP uses the Jacobian :math:`\mathrm{diag}(p) - p p^\top`.
+
+    Args:
+      logits: floating array of unnormalised log-probabilities.
+      axis: the class axis.
+      where: optional mask (rank of ``logits``: entries; one less: rows).
+        Removed entries get probability 0; a fully removed row is all zeros.
+
+    Returns:
+      Probabilities with the shape and dtype of ``logits`` (computed in at
+      least float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.softmax(jnp.array([0.0, jnp.log(3.0)]))
+      Array([0.25, 0.75], dtype=float32)
+    """
+    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    return _softmax(x, mask, ax).astype(dt)
+
+
+# --------------------------------------------------------------------------- log_softmax
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _log_softmax(x: Array, mask: Array | None, axis: int) -> Array:
+    shifted, _, s, _ = row_stats(x, mask, axis)
+    return log_probs_from_stats(shifted, s)
+
+
+@_log_softmax.defjvp
+def _log_softmax_jvp(axis, primals, tangents):
+    x, mask = primals
+    dx, _ = tangents
+    shifted, e, s, _ = row_stats(x, mask, axis)
+    out = log_probs_from_stats(shifted, s)
+    p = probs_from_stats(e, s)
+    dx = clean_tangent(dx, mask)
+    dout = dx - jnp.sum(p * dx, axis=axis, keepdims=True)
+    if mask is not None:
+        dout = jnp.where(mask, dout, 0)
+    return out, dout
+
+
+def log_softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> Array:
+    r"""Numerically stable log-softmax.
+
+    .. math::
+      \log\mathrm{softmax}(z)_i = z_i - \log\sum_j e^{z_j}
+
+    Custom JVP: :math:`dl = dz - \langle \mathrm{softmax}(z), dz\rangle`.
+
+    Args:
+      logits: floating array of unnormalised log-probabilities.
+      axis: the class axis.
+      where: optional mask (rank of ``logits``: entries; one less: rows).
+        Removed entries are ``-inf`` and receive no gradient.
+
+    Returns:
+      Log-probabilities with the shape and dtype of ``logits``.
+    """
+    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    return _log_softmax(x, mask, ax).astype(dt)
+
+
+# --------------------------------------------------------------------------- logsumexp
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _logsumexp(x: Array, mask: Array | None, axis: int) -> Array:
+    _, _, s, m = row_stats(x, mask, axis)
+    return lse_from_stats(s, m)
+
+
+@_logsumexp.defjvp
+def _logsumexp_jvp(axis, primals, tangents):
+    x, mask = primals
+    dx, _ = tangents
+    _, e, s, m = row_stats(x, mask, axis)
+    p = probs_from_stats(e, s)
+    dx = clean_tangent(dx, mask)
+    return lse_from_stats(s, m), jnp.sum(p * dx, axis=axis, keepdims=True)
+
+
+def logsumexp(
+    logits: ArrayLike,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    keepdims: bool = False,
+) -> Array:
+    r"""Numerically stable :math:`\log\sum_i e^{z_i}` over one axis.
+
+    .. math::
+      \mathrm{lse}(z) = m + \log\sum_i e^{z_i - m}, \qquad m = \max_i z_i
+
+    Its gradient is :math:`\mathrm{softmax}(z)` (custom JVP). An empty row
+    (fully masked or all ``-inf``) gives ``-inf`` with gradient 0.
+
+    Args:
+      logits: floating array.
+      axis: the axis to reduce (a single int).
+      where: optional mask (rank of ``logits``: entries; one less: rows).
+      keepdims: keep the reduced axis with size 1.
+
+    Returns:
+      The reduced array in the dtype of ``logits``.
+    """
+    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    out = _logsumexp(x, mask, ax)
+    if not keepdims:
+        out = jnp.squeeze(out, axis=ax)
+    return out.astype(dt)
+
+
+# --------------------------------------------------------------------------- logit
+
+
+@jax.custom_jvp
+def _logit(p: Array) -> Array:
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+@_logit.defjvp
+def _logit_jvp(primals, tangents):
+    (p,), (dp,) = primals, tangents
+    return _logit(p), dp / (p * (1 - p))
+
+
+def logit(p: ArrayLike) -> Array:
+    r"""The log-odds :math:`\mathrm{logit}(p) = \log\frac{p}{1-p}`, inverse of the sigmoid.
+
+    ``logit(0) = -inf`` and ``logit(1) = +inf``; outside [0, 1] the result is
+    NaN. Custom JVP: :math:`dy = dp / (p(1-p))`.
+
+    Args:
+      p: probabilities (integer inputs are promoted to float).
+
+    Returns:
+      Log-odds in the floating dtype of ``p`` (computed in at least float32).
+    """
+    p = _checks.as_inexact(p, "p")
+    return _logit(p.astype(_checks.compute_dtype(p.dtype))).astype(p.dtype)
