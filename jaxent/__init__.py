@@ -35,11 +35,21 @@ from jaxent._losses import (
 from jaxent._losses import weighted_mean as weighted_mean
 
 # label smoothing (issue 4)
+from jaxent._smoothing import label_smoothed_cross_entropy as label_smoothed_cross_entropy
+from jaxent._smoothing import optimal_logit_gap as optimal_logit_gap
+from jaxent._smoothing import smooth_labels as smooth_labels
+from jaxent._smoothing import with_label_smoothing as with_label_smoothing
 
 # large vocabularies and sharding (issue 5)
+from jaxent._large_vocab import linear_cross_entropy as linear_cross_entropy
+from jaxent._large_vocab import vocab_parallel_cross_entropy as vocab_parallel_cross_entropy
+from jaxent._large_vocab import (
+    vocab_parallel_linear_cross_entropy as vocab_parallel_linear_cross_entropy,
+)
 
 # derivations and verification (issue 3)
 
 # checked mode (issue 6)
+from jaxent._checked import checked as checked
 
 __version__ = "0.1.0"

@@ -158,12 +158,17 @@ def _int_ce_parts(x, labels, mask, axis):
     return ce, lse, empty, valid, idx, e, s
 
 
+def _z_penalty(z_loss, lse):
+    # z_loss * lse^2, exactly 0 when z_loss = 0 (lse^2 may overflow at huge logits).
+    return jnp.where(z_loss != 0, z_loss * lse * lse, 0)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
 def _int_ce(x, labels, weight, keep_row, mask, z_loss, axis):
     ce, lse, empty, _, _, _, _ = _int_ce_parts(x, labels, mask, axis)
     keep = keep_row & ~empty
     wce = jnp.where(weight != 0, weight * ce, 0)
-    loss = wce + z_loss * jnp.where(keep, lse, 0) ** 2
+    loss = wce + _z_penalty(z_loss, jnp.where(keep, lse, 0))
     return jnp.where(keep, loss, 0)
 
 
@@ -174,7 +179,7 @@ def _int_ce_jvp(axis, primals, tangents):
     keep = keep_row & ~empty
     lse_k = jnp.where(keep, lse, 0)
     wce = jnp.where(weight != 0, weight * ce, 0)
-    loss = jnp.where(keep, wce + z_loss * lse_k**2, 0)
+    loss = jnp.where(keep, wce + _z_penalty(z_loss, lse_k), 0)
     dloss = None
     if not _checks.is_symbolic_zero(dx):
         p = probs_from_stats(e, s)
@@ -187,7 +192,7 @@ def _int_ce_jvp(axis, primals, tangents):
     if not _checks.is_symbolic_zero(dweight):
         dloss = _add(dloss, jnp.where(keep, ce, 0) * dweight)
     if not _checks.is_symbolic_zero(dz_loss):
-        dloss = _add(dloss, lse_k**2 * dz_loss)
+        dloss = _add(dloss, lse_k * lse_k * dz_loss)
     if dloss is None:
         dloss = jnp.zeros_like(loss)
     return loss, dloss

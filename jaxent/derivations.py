@@ -1,0 +1,1164 @@
+r"""Derivations as data: every closed-form derivative of jaxent, checkable in one command.
+
+Each :class:`Derivation` names a public function and holds three independent
+pieces of code:
+
+* ``function``: the jaxent function itself, which differentiates with its
+  custom rule (``jax.custom_jvp``, or ``jax.custom_vjp`` for the
+  large-vocabulary losses);
+* ``closed_form``: the claimed derivative, written out here as a formula
+  (e.g. ``(sum y) softmax(z) - y``), one array per differentiated argument:
+  the gradient for a scalar output, the Jacobian ``out.shape + arg.shape``
+  otherwise;
+* ``plain``: a reference definition written with ``jax.numpy`` only (never
+  jaxent code), cleaned with ``jnp.where`` so that its autodiff encodes the
+  same conventions at edge points as jaxent's rules.
+
+:func:`jaxent.verify` checks ``closed_form`` against ``jax.jacrev(plain)``,
+central finite differences of ``plain`` and ``jax.jacrev``/``jax.jacfwd`` of
+``function``, in float64, on random inputs (``sample``) and on edge cases
+(``-inf`` and masked logits, fully masked rows, zero probabilities,
+saturated sigmoids). ``python -m jaxent verify`` runs them all.
+
+Each entry describes one example (one row of classes, or a few elements for
+elementwise functions, summed so that the derivative is a gradient); batching
+adds nothing to a derivation.
+
+Conventions at edge points are stated in each entry's ``convention``; where the
+plain definition's autodiff cannot express a convention (a divergence that is
+``+inf``), the edge case names the arguments it is compared in
+(``Case.reference_argnums``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxent
+from jaxent import _large_vocab, _smoothing
+
+Array = jax.Array
+
+K = 5  # classes per example in the registered derivations
+_INF = np.inf
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Case:
+    """One input of a derivation check.
+
+    Attributes:
+      label: a short name, e.g. ``"-inf logit"``.
+      args: the positional arguments (numpy arrays, Python scalars, ``None``).
+      finite_differences: whether central finite differences are meaningful
+        here. ``False`` on the boundary of the domain (a zero probability),
+        where the derivative is fixed by a convention, not by a limit.
+      reference_argnums: the differentiated arguments compared with autodiff
+        of the plain definition (``None``: all). Used where the plain
+        definition's autodiff is NaN and jaxent's rule states a convention.
+      note: why the case is special.
+    """
+
+    label: str
+    args: tuple[Any, ...]
+    finite_differences: bool = True
+    reference_argnums: tuple[int, ...] | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Derivation:
+    """A closed-form derivative, its plain reference definition and test inputs.
+
+    Attributes:
+      name: the registry key (the public function's name, with a
+        ``[variant]`` suffix for options that change the formula).
+      formula: the derivative in plain text, for tables.
+      latex: the derivative in LaTeX.
+      function: the jaxent function (differentiates with its custom rule).
+      closed_form: ``closed_form(*args)`` returns one array per entry of
+        ``argnums``: the gradient (scalar output) or the Jacobian
+        (``out.shape + arg.shape``).
+      plain: the reference definition (``jax.numpy`` only).
+      argnums: the differentiated positional arguments.
+      sample: ``sample(rng)`` draws random arguments.
+      edge_cases: fixed inputs at the special points.
+      convention: the convention at edge points, in words.
+      forward_mode: whether ``function`` supports ``jax.jvp``/``jacfwd``
+        (``False`` for the ``custom_vjp`` large-vocabulary losses).
+    """
+
+    name: str
+    formula: str
+    latex: str
+    function: Callable[..., Array]
+    closed_form: Callable[..., tuple[Array, ...]]
+    plain: Callable[..., Array]
+    argnums: tuple[int, ...]
+    sample: Callable[[np.random.Generator], tuple[Any, ...]]
+    edge_cases: tuple[Case, ...] = ()
+    convention: str = ""
+    forward_mode: bool = True
+
+
+REGISTRY: dict[str, Derivation] = {}
+
+
+def register(derivation: Derivation) -> Derivation:
+    """Adds ``derivation`` to :data:`REGISTRY` (replacing one of the same name)."""
+    REGISTRY[derivation.name] = derivation
+    return derivation
+
+
+def get(name: str) -> Derivation:
+    """The registered derivation called ``name``, or ``KeyError`` listing the names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no derivation named {name!r}; registered: {', '.join(REGISTRY)}") from None
+
+
+def select(patterns: Sequence[str] | None = None) -> list[Derivation]:
+    """Registered derivations whose name matches any pattern (exact or ``fnmatch`` glob).
+
+    A pattern without glob characters also matches every ``name[variant]``.
+    """
+    if not patterns:
+        return list(REGISTRY.values())
+    out = []
+    for d in REGISTRY.values():
+        base = d.name.split("[")[0]
+        if any(fnmatch.fnmatchcase(d.name, p) or p in (d.name, base) for p in patterns):
+            out.append(d)
+    return out
+
+
+# =========================================================================== plain definitions
+# jax.numpy only; each cleaned with jnp.where *before* the unsafe operation so
+# that autodiff is finite wherever jaxent's convention is finite.
+
+
+def _masked(z: Array, mask: Array | None) -> Array:
+    return z if mask is None else jnp.where(mask, z, -jnp.inf)
+
+
+def _plain_sum_exp(z: Array) -> Array:
+    return jnp.sum(jnp.exp(z), axis=-1, keepdims=True)
+
+
+def _plain_lse(z: Array) -> Array:
+    """log sum exp z; ``-inf`` for an empty row (with gradient 0)."""
+    s = _plain_sum_exp(z)
+    return jnp.where(s > 0, jnp.log(jnp.where(s > 0, s, 1.0)), -jnp.inf)
+
+
+def _plain_softmax(z: Array, mask: Array | None = None) -> Array:
+    z = _masked(z, mask)
+    s = _plain_sum_exp(z)
+    return jnp.where(s > 0, jnp.exp(z) / jnp.where(s > 0, s, 1.0), 0.0)
+
+
+def _plain_log_softmax(z: Array, mask: Array | None = None) -> Array:
+    z = _masked(z, mask)
+    s = _plain_sum_exp(z)
+    return jnp.where(s > 0, z - jnp.log(jnp.where(s > 0, s, 1.0)), -jnp.inf)
+
+
+def _plogq(p: Array, log_q: Array, active: Array) -> Array:
+    """``p * log_q`` on ``active`` entries, the constant 0 elsewhere."""
+    return jnp.where(active, p * jnp.where(active, log_q, 0.0), 0.0)
+
+
+def _log_on(x: Array, active: Array) -> Array:
+    return jnp.log(jnp.where(active, x, 1.0))
+
+
+def _plain_entropy(p: Array, mask: Array | None = None) -> Array:
+    act = p > 0 if mask is None else mask & (p > 0)
+    return -jnp.sum(_plogq(p, _log_on(p, act), act))
+
+
+def _plain_cross_entropy(p: Array, q: Array, mask: Array | None = None) -> Array:
+    # Only the 0 log 0 corner (p = q = 0) is cleaned: dH/dp = -log q at p = 0 < q.
+    act = (p != 0) | (q > 0)
+    if mask is not None:
+        act = act & mask
+    return -jnp.sum(_plogq(p, _log_on(q, act), act))
+
+
+def _plain_kl(p: Array, q: Array, mask: Array | None = None) -> Array:
+    act = p > 0 if mask is None else mask & (p > 0)
+    return jnp.sum(_plogq(p, _log_on(p, act) - _log_on(q, act), act))
+
+
+def _plain_js(p: Array, q: Array, beta: float) -> Array:
+    m = beta * p + (1 - beta) * q
+    ap, aq = p > 0, q > 0
+    t_p = _plogq(p, _log_on(p, ap) - _log_on(m, ap), ap)
+    t_q = _plogq(q, _log_on(q, aq) - _log_on(m, aq), aq)
+    return jnp.sum(beta * t_p + (1 - beta) * t_q)
+
+
+def _plain_softplus(x: Array) -> Array:
+    return jnp.logaddexp(x, 0.0)
+
+
+# =========================================================================== samplers
+
+
+def _logits(rng: np.random.Generator, k: int = K) -> np.ndarray:
+    return rng.normal(0.0, 2.0, size=k)
+
+
+def _probs(rng: np.random.Generator, k: int = K) -> np.ndarray:
+    return rng.dirichlet(np.full(k, 2.0))
+
+
+def _soft_labels(rng: np.random.Generator, k: int = K) -> np.ndarray:
+    # Deliberately not normalised: the gradient is (sum y) softmax(z) - y.
+    return rng.dirichlet(np.full(k, 1.5)) * rng.uniform(0.5, 1.5)
+
+
+_Z_INF = np.array([1.0, -np.inf, 0.5, -2.0, -np.inf])  # two -inf logits
+_MASK = np.array([True, True, False, True, False])  # two removed classes
+_NONE = np.zeros(K, bool)  # a fully removed row
+_Z_GAP = np.array([40.0, 0.0, -1.0, 2.0, 0.5])  # p underflows to ~1e-17
+_Z_RANGE = np.arange(K, dtype=float)
+_P_ZERO = np.array([0.5, 0.0, 0.3, 0.2, 0.0])  # zero probabilities
+_Q_ZERO = np.array([0.25, 0.25, 0.5, 0.0, 0.0])
+
+
+def _zero_prob_case(args: tuple[Any, ...], note: str, **kw: Any) -> Case:
+    return Case("zero probabilities", args, finite_differences=False, note=note, **kw)
+
+
+_BOUNDARY = "zero probabilities are on the boundary of the domain: convention, no FD"
+
+
+_LOGITS_CASES = (
+    Case("-inf logits", (_Z_INF, None)),
+    Case("masked classes", (_Z_RANGE, _MASK)),
+    Case("fully masked row", (_Z_RANGE, _NONE)),
+    Case("p ~ 1e-17", (_Z_GAP, None)),
+)
+"""The edge cases of a one-row logits function ``f(z, mask)``."""
+
+
+def _cf(fn: Callable[..., Any]) -> Callable[..., tuple[Array, ...]]:
+    """Wraps a closed form returning one array into the registry's tuple form."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any) -> tuple[Array, ...]:
+        out = fn(*args)
+        return out if isinstance(out, tuple) else (out,)
+
+    return wrapped
+
+
+def _row(v: Array) -> Array:
+    return v[..., None]
+
+
+# =========================================================================== softmax family
+
+register(
+    Derivation(
+        name="softmax",
+        formula="dp/dz = diag(p) - p p^T",
+        latex=r"\frac{\partial p_i}{\partial z_j} = p_i(\delta_{ij} - p_j)",
+        function=lambda z, mask: jaxent.softmax(z, where=mask),
+        closed_form=_cf(
+            lambda z, mask: (lambda p: jnp.diag(p) - jnp.outer(p, p))(jaxent.softmax(z, where=mask))
+        ),
+        plain=_plain_softmax,
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), None),
+        edge_cases=_LOGITS_CASES,
+        convention="removed/-inf classes: p_i = 0, zero row and column; empty row: 0.",
+    )
+)
+
+register(
+    Derivation(
+        name="log_softmax",
+        formula="dl/dz = I - 1 p^T",
+        latex=r"\frac{\partial \log p_i}{\partial z_j} = \delta_{ij} - p_j",
+        function=lambda z, mask: jaxent.log_softmax(z, where=mask),
+        closed_form=_cf(
+            lambda z, mask: jnp.where(
+                jnp.ones((K, 1), bool) if mask is None else _row(mask) & mask,
+                jnp.eye(K) - jaxent.softmax(z, where=mask)[None, :],
+                0.0,
+            )
+        ),
+        plain=_plain_log_softmax,
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), None),
+        edge_cases=_LOGITS_CASES,
+        convention=(
+            "a -inf logit keeps d(log p_i)/dz_i = 1 (the identity part); a removed"
+            " class (where) has a zero row and column."
+        ),
+    )
+)
+
+register(
+    Derivation(
+        name="logsumexp",
+        formula="d lse/dz = softmax(z)",
+        latex=r"\nabla_z \log\sum_j e^{z_j} = \mathrm{softmax}(z)",
+        function=lambda z, mask: jaxent.logsumexp(z, where=mask),
+        closed_form=_cf(lambda z, mask: jaxent.softmax(z, where=mask)),
+        plain=lambda z, mask: _plain_lse(_masked(z, mask))[0],
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), None),
+        edge_cases=_LOGITS_CASES,
+        convention="empty row: lse = -inf with gradient 0.",
+    )
+)
+
+register(
+    Derivation(
+        name="logit",
+        formula="d logit/dp = 1 / (p (1 - p))",
+        latex=r"\frac{d}{dp}\log\frac{p}{1-p} = \frac{1}{p(1-p)}",
+        function=lambda p: jnp.sum(jaxent.logit(p)),
+        closed_form=_cf(lambda p: 1.0 / (p * (1.0 - p))),
+        plain=lambda p: jnp.sum(jnp.log(p) - jnp.log(1.0 - p)),
+        argnums=(0,),
+        sample=lambda rng: (rng.uniform(0.05, 0.95, size=K),),
+        edge_cases=(Case("near 0 and 1", (np.array([1e-9, 0.5, 1 - 1e-9, 1e-3, 0.999]),)),),
+        convention="summed over elements (the derivative is elementwise).",
+    )
+)
+
+# =========================================================================== information
+
+
+register(
+    Derivation(
+        name="self_information",
+        formula="dI/dp = -1/p",
+        latex=r"\frac{d}{dp}(-\log p) = -\frac{1}{p}",
+        function=lambda p: jnp.sum(jaxent.self_information(p)),
+        closed_form=_cf(lambda p: -1.0 / p),
+        plain=lambda p: -jnp.sum(jnp.log(p)),
+        argnums=(0,),
+        sample=lambda rng: (rng.uniform(0.05, 1.0, size=K),),
+        edge_cases=(Case("p = 0", (np.array([0.0, 0.5, 1.0, 1e-300, 0.1]),), False),),
+        convention="I(0) = +inf with derivative -inf (autodiff of log; no custom rule).",
+    )
+)
+
+register(
+    Derivation(
+        name="entropy",
+        formula="dH/dp = -(log p + 1), 0 at p = 0",
+        latex=r"\frac{\partial H}{\partial p_i} = -(\log p_i + 1)\ (p_i > 0),\ 0\ (p_i = 0)",
+        function=lambda p, mask: jaxent.entropy(p, where=mask),
+        closed_form=_cf(
+            lambda p, mask: jnp.where(
+                (p > 0) if mask is None else mask & (p > 0),
+                -(jnp.log(jnp.where(p > 0, p, 1.0)) + 1.0),
+                0.0,
+            )
+        ),
+        plain=_plain_entropy,
+        argnums=(0,),
+        sample=lambda rng: (_probs(rng), None),
+        edge_cases=(
+            _zero_prob_case((_P_ZERO, None), _BOUNDARY),
+            Case("masked entries", (_probs(np.random.default_rng(0)), _MASK)),
+        ),
+        convention="support convention: 0 log 0 = 0 and its gradient is 0.",
+    )
+)
+
+register(
+    Derivation(
+        name="entropy_from_logits",
+        formula="dH/dz = -p * (log p + H)",
+        latex=r"\nabla_z H(\mathrm{softmax}(z)) = -p \odot (\log p + H)",
+        function=lambda z, mask: jaxent.entropy_from_logits(z, where=mask),
+        closed_form=_cf(
+            lambda z, mask: (
+                lambda p, lp, h: -p * (jnp.where(p > 0, lp, 0.0) + h)
+            )(
+                jaxent.softmax(z, where=mask),
+                jaxent.log_softmax(z, where=mask),
+                jaxent.entropy_from_logits(z, where=mask),
+            )
+        ),
+        plain=lambda z, mask: _plain_entropy(_plain_softmax(z, mask)),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), None),
+        edge_cases=_LOGITS_CASES,
+        convention="-inf/removed classes (p_i = 0) get gradient 0; empty row: H = 0, gradient 0.",
+    )
+)
+
+
+def _binary_entropy_cf(p: Array) -> Array:
+    inner = (p > 0) & (p < 1)
+    safe = jnp.where(inner, p, 0.5)
+    return jnp.where(inner, jnp.log1p(-safe) - jnp.log(safe), jnp.where(p == 0, 1.0, -1.0))
+
+
+def _binary_entropy_plain(p: Array) -> Array:
+    a, b = p > 0, p < 1
+    return -jnp.sum(_plogq(p, _log_on(p, a), a) + _plogq(1 - p, _log_on(1 - p, b), b))
+
+
+register(
+    Derivation(
+        name="binary_entropy",
+        formula="dh/dp = log((1 - p)/p); +1 at p = 0, -1 at p = 1",
+        latex=r"h'(p) = \log\frac{1-p}{p}",
+        function=lambda p: jnp.sum(jaxent.binary_entropy(p)),
+        closed_form=_cf(_binary_entropy_cf),
+        plain=_binary_entropy_plain,
+        argnums=(0,),
+        sample=lambda rng: (rng.uniform(0.02, 0.98, size=K),),
+        edge_cases=(
+            _zero_prob_case(
+                (np.array([0.0, 1.0, 0.5, 1e-12, 0.25]),),
+                "p in {0, 1}: the vanishing term is held at 0, so h' = +1 / -1 (finite)",
+            ),
+        ),
+        convention="support convention at p = 0 and p = 1: derivative +1 and -1.",
+    )
+)
+
+register(
+    Derivation(
+        name="cross_entropy",
+        formula="dH/dp = -log q ; dH/dq = -p/q",
+        latex=r"\frac{\partial H}{\partial p_i} = -\log q_i,\quad"
+        r"\frac{\partial H}{\partial q_i} = -\frac{p_i}{q_i}",
+        function=lambda p, q, mask: jaxent.cross_entropy(p, q, where=mask),
+        closed_form=_cf(
+            lambda p, q, mask: (
+                jnp.where(
+                    ((p != 0) | (q > 0)) & (True if mask is None else mask),
+                    -jnp.log(jnp.where(q > 0, q, 1.0)) + jnp.where(q > 0, 0.0, _INF),
+                    0.0,
+                ),
+                jnp.where(
+                    (p != 0) & (True if mask is None else mask),
+                    -p / jnp.where(p != 0, q, 1.0),
+                    0.0,
+                ),
+            )
+        ),
+        plain=_plain_cross_entropy,
+        argnums=(0, 1),
+        sample=lambda rng: (_probs(rng), _probs(rng), None),
+        edge_cases=(
+            _zero_prob_case((_P_ZERO, _Q_ZERO, None), _BOUNDARY),
+            Case("masked entries", (_P_ZERO + 0.1, _Q_ZERO + 0.1, _MASK)),
+        ),
+        convention=(
+            "p_i = 0 < q_i: dH/dp_i = -log q_i, dH/dq_i = 0; p_i = q_i = 0: both 0;"
+            " p_i > 0 = q_i: H = +inf, dH/dp_i = +inf, dH/dq_i = -inf (true values)."
+        ),
+    )
+)
+
+# =========================================================================== divergences
+
+
+def _kl_cf(p: Array, q: Array, mask: Array | None) -> tuple[Array, Array]:
+    act = p > 0 if mask is None else mask & (p > 0)
+    lr = jnp.log(jnp.where(act, p, 1.0)) - jnp.log(jnp.where(act, q, 1.0))
+    return (
+        jnp.where(act, lr + 1.0, 0.0),
+        jnp.where(act, -p / jnp.where(act, q, 1.0), 0.0),
+    )
+
+
+register(
+    Derivation(
+        name="kl_divergence",
+        formula="dD/dp = log(p/q) + 1 ; dD/dq = -p/q (0 where p = 0)",
+        latex=r"\frac{\partial D}{\partial p_i} = \log\frac{p_i}{q_i} + 1,\quad"
+        r"\frac{\partial D}{\partial q_i} = -\frac{p_i}{q_i}",
+        function=lambda p, q, mask: jaxent.kl_divergence(p, q, where=mask),
+        closed_form=_cf(_kl_cf),
+        plain=_plain_kl,
+        argnums=(0, 1),
+        sample=lambda rng: (_probs(rng), _probs(rng), None),
+        edge_cases=(
+            _zero_prob_case((_P_ZERO, _P_ZERO[::-1] + 0.1, None), _BOUNDARY),
+            Case(
+                "q = 0 < p (D = +inf)",
+                (_P_ZERO, _Q_ZERO, None),
+                finite_differences=False,
+                note="dD/dp = +inf, dD/dq = -inf on the offending class: true values",
+            ),
+            Case("masked entries", (_P_ZERO + 0.1, _Q_ZERO + 0.1, _MASK)),
+        ),
+        convention=(
+            "support convention: p_i = 0 gives 0 in both gradients (the one-sided"
+            " derivative in p_i is -inf); p_i > 0 = q_i gives +inf / -inf."
+        ),
+    )
+)
+
+
+def _kl_logits_cf(a: Array, b: Array, mask: Array | None) -> tuple[Array, Array]:
+    p = jaxent.softmax(a, where=mask)
+    q = jaxent.softmax(b, where=mask)
+    lp, lq = jaxent.log_softmax(a, where=mask), jaxent.log_softmax(b, where=mask)
+    delta = jnp.where(p > 0, lp - lq, 0.0)
+    d = jnp.sum(p * delta)
+    ga = jnp.where(jnp.isfinite(d), p * (delta - jnp.where(jnp.isfinite(d), d, 0.0)), 0.0)
+    return ga, jnp.sum(p) * q - p
+
+
+def _kl_logits_plain(a: Array, b: Array, mask: Array | None) -> Array:
+    p = _plain_softmax(a, mask)
+    act = p > 0
+    delta = _plain_log_softmax(a, mask) - _plain_log_softmax(b, mask)
+    return jnp.sum(_plogq(p, delta, act))
+
+
+register(
+    Derivation(
+        name="kl_divergence_from_logits",
+        formula="dD/da = p * (log p - log q - D) ; dD/db = (sum p) q - p",
+        latex=r"\nabla_a D = p \odot (\log p - \log q - D),\quad \nabla_b D = q - p",
+        function=lambda a, b, mask: jaxent.kl_divergence_from_logits(a, b, where=mask),
+        closed_form=_cf(_kl_logits_cf),
+        plain=_kl_logits_plain,
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _logits(rng), None),
+        edge_cases=(
+            Case("-inf in p logits", (_Z_INF, _Z_GAP, None)),
+            Case(
+                "-inf in q logits (D = +inf)",
+                (_Z_GAP, _Z_INF, None),
+                reference_argnums=(1,),
+                note="D is +inf on the row: jaxent returns 0 in p_logits (the value is"
+                " locally constant); autodiff of the plain definition gives NaN there",
+            ),
+            Case("masked classes", (_Z_RANGE, _Z_GAP, _MASK)),
+            Case("fully masked row", (_Z_RANGE, _Z_GAP, _NONE)),
+        ),
+        convention=(
+            "p_i = 0 (-inf/removed p logit): no contribution; rows with D = +inf get"
+            " gradient 0 in p_logits and (sum p) q - p in q_logits."
+        ),
+    )
+)
+
+
+def _js_cf(p: Array, q: Array, beta: float) -> tuple[Array, Array]:
+    m = beta * p + (1 - beta) * q
+    ap, aq = p > 0, q > 0
+    lm = jnp.log(jnp.where(ap | aq, m, 1.0))
+    gp = jnp.where(ap, jnp.log(jnp.where(ap, p, 1.0)) - lm, jnp.where(aq, -1.0, 0.0))
+    gq = jnp.where(aq, jnp.log(jnp.where(aq, q, 1.0)) - lm, jnp.where(ap, -1.0, 0.0))
+    return beta * gp, (1 - beta) * gq
+
+
+_BETA = 0.3
+register(
+    Derivation(
+        name="js_divergence",
+        formula="dJS/dp = beta log(p/m) (-beta where p = 0 < q)",
+        latex=r"\frac{\partial\,\mathrm{JS}_\beta}{\partial p_i} = \beta\log\frac{p_i}{m_i},"
+        r"\quad m = \beta p + (1-\beta) q",
+        function=lambda p, q: jaxent.js_divergence(p, q, beta=_BETA),
+        closed_form=_cf(lambda p, q: _js_cf(p, q, _BETA)),
+        plain=lambda p, q: _plain_js(p, q, _BETA),
+        argnums=(0, 1),
+        sample=lambda rng: (_probs(rng), _probs(rng)),
+        edge_cases=(_zero_prob_case((_P_ZERO, _Q_ZERO), _BOUNDARY),),
+        convention=(
+            "beta = 0.3; p_i = 0 < q_i: dJS/dp_i = -beta (the limit of autodiff of the"
+            " cleaned definition); p_i = q_i = 0: 0."
+        ),
+    )
+)
+
+
+def _js_logits_cf(a: Array, b: Array, beta: float) -> tuple[Array, Array]:
+    p, q = jaxent.softmax(a), jaxent.softmax(b)
+    gp, gq = _js_cf(p, q, beta)
+    return p * (gp - jnp.sum(p * gp)), q * (gq - jnp.sum(q * gq))
+
+
+register(
+    Derivation(
+        name="js_divergence_from_logits",
+        formula="dJS/da = p * (g - <p, g>), g = beta log(p/m)",
+        latex=r"\nabla_a \mathrm{JS}_\beta = p \odot (g - \langle p, g\rangle),\quad"
+        r"g = \beta\log\frac{p}{m}",
+        function=lambda a, b: jaxent.js_divergence_from_logits(a, b, beta=_BETA),
+        closed_form=_cf(lambda a, b: _js_logits_cf(a, b, _BETA)),
+        plain=lambda a, b: _plain_js(_plain_softmax(a), _plain_softmax(b), _BETA),
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _logits(rng)),
+        edge_cases=(
+            Case("-inf logits", (_Z_INF, _Z_GAP)),
+            Case("-inf in both", (_Z_INF, _Z_INF[::-1].copy())),
+        ),
+        convention="beta = 0.3; the softmax Jacobian applied to the gradient in probabilities.",
+    )
+)
+
+
+def _gauss_cf(mp: Array, sp: Array, mq: Array, sq: Array) -> tuple[Array, ...]:
+    d = mp - mq
+    return (
+        d / sq**2,
+        sp / sq**2 - 1.0 / sp,
+        -d / sq**2,
+        1.0 / sq - (sp**2 + d**2) / sq**3,
+    )
+
+
+def _gauss_plain(mp: Array, sp: Array, mq: Array, sq: Array) -> Array:
+    var_p, var_q = sp**2, sq**2
+    return jnp.sum(0.5 * (jnp.log(var_q / var_p) + (var_p + (mp - mq) ** 2) / var_q - 1.0))
+
+
+register(
+    Derivation(
+        name="kl_divergence_diag_gaussian",
+        formula="dmu_p = (mu_p - mu_q)/s_q^2 ; ds_p = s_p/s_q^2 - 1/s_p",
+        latex=r"\frac{\partial D}{\partial\mu_p} = \frac{\mu_p-\mu_q}{\sigma_q^2},\quad"
+        r"\frac{\partial D}{\partial\sigma_p} = \frac{\sigma_p}{\sigma_q^2} - \frac{1}{\sigma_p},"
+        r"\quad \frac{\partial D}{\partial\sigma_q} = \frac{1}{\sigma_q}"
+        r" - \frac{\sigma_p^2 + (\mu_p-\mu_q)^2}{\sigma_q^3}",
+        function=jaxent.kl_divergence_diag_gaussian,
+        closed_form=_cf(_gauss_cf),
+        plain=_gauss_plain,
+        argnums=(0, 1, 2, 3),
+        sample=lambda rng: (
+            rng.normal(size=K),
+            rng.uniform(0.3, 2.0, size=K),
+            rng.normal(size=K),
+            rng.uniform(0.3, 2.0, size=K),
+        ),
+        convention="autodiff of the closed-form KL (no custom rule).",
+    )
+)
+
+register(
+    Derivation(
+        name="kl_estimate[k3]",
+        formula="dk3/dlog_q = r - 1 = -dk3/dlog_p, r = q/p",
+        latex=r"\frac{\partial k_3}{\partial \log q} = r - 1,\quad r = \frac{q(x)}{p(x)}",
+        function=lambda lp, lq: jnp.sum(jaxent.kl_estimate(lp, lq, estimator="k3")),
+        closed_form=_cf(lambda lp, lq: (-jnp.expm1(lq - lp), jnp.expm1(lq - lp))),
+        plain=lambda lp, lq: jnp.sum(jnp.exp(lq - lp) - 1.0 - (lq - lp)),
+        argnums=(0, 1),
+        sample=lambda rng: (-rng.exponential(size=K), -rng.exponential(size=K)),
+        convention="per-sample estimates, summed (no custom rule).",
+    )
+)
+
+# =========================================================================== losses
+
+
+_Y_SOFT = np.array([0.1, 0.3, 0.2, 0.15, 0.05])  # sums to 0.8
+
+
+def _sce_cf(z: Array, y: Array, mask: Array | None) -> tuple[Array, Array]:
+    yk = y if mask is None else jnp.where(mask, y, 0.0)
+    p = jaxent.softmax(z, where=mask)
+    ls = jaxent.log_softmax(z, where=mask)
+    return jnp.sum(yk) * p - yk, -ls if mask is None else jnp.where(mask, -ls, 0.0)
+
+
+def _sce_plain(z: Array, y: Array, mask: Array | None) -> Array:
+    ls = _plain_log_softmax(z, mask)
+    act = (y != 0) | (ls > -jnp.inf)  # clean only the 0 * log 0 corner
+    if mask is not None:
+        act = act & mask
+    return -jnp.sum(_plogq(y, ls, act))
+
+
+register(
+    Derivation(
+        name="softmax_cross_entropy",
+        formula="dL/dz = (sum y) softmax(z) - y ; dL/dy = -log softmax(z)",
+        latex=r"\nabla_z L = \Big(\sum_i y_i\Big)\mathrm{softmax}(z) - y,\quad"
+        r"\nabla_y L = -\log\mathrm{softmax}(z)",
+        function=lambda z, y, mask: jaxent.softmax_cross_entropy(z, y, where=mask),
+        closed_form=_cf(_sce_cf),
+        plain=_sce_plain,
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _soft_labels(rng), None),
+        edge_cases=(
+            Case("-inf logits, no mass there", (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None)),
+            Case(
+                "label mass on a -inf logit",
+                (_Z_INF, np.array([0.6, 0.2, 0.1, 0.1, 0.0]), None),
+                note="L = +inf, the true value, with a finite gradient in the logits",
+            ),
+            Case("masked classes", (_Z_RANGE, _Y_SOFT, _MASK)),
+            Case("fully masked row", (_Z_RANGE, _Y_SOFT, _NONE)),
+            Case("p ~ 1e-17", (_Z_GAP, np.array([0.0, 1.0, 0.0, 0.0, 0.0]), None)),
+        ),
+        convention=(
+            "y_i = 0 at a -inf logit contributes 0 (and dL/dy_i = +inf, the true"
+            " -log p_i); removed classes are left out of softmax and sum; empty row: 0."
+        ),
+    )
+)
+
+
+def _onehot(label: Array, k: int = K) -> Array:
+    return (jnp.arange(k) == label).astype(jnp.result_type(float))
+
+
+def _int_ce_cf(z: Array, label: Array, mask: Array | None) -> Array:
+    p = jaxent.softmax(z, where=mask)
+    onehot = _onehot(label) if mask is None else jnp.where(mask, _onehot(label), 0.0)
+    return jnp.where(jnp.any(p > 0), p - onehot, 0.0)
+
+
+def _int_ce_plain(
+    z: Array,
+    label: Array,
+    mask: Array | None,
+    cw: Array | None = None,
+    z_loss: float = 0.0,
+    ignore: int | None = None,
+) -> Array:
+    zm = _masked(z, mask)
+    lse = _plain_lse(zm)[0]
+    w = 1.0 if cw is None else cw[jnp.clip(label, 0, K - 1)]
+    loss = w * (lse - zm[label]) + z_loss * lse**2
+    keep = lse > -jnp.inf
+    if ignore is not None:
+        keep = keep & (label != ignore)
+    return jnp.where(keep, loss, 0.0)
+
+
+register(
+    Derivation(
+        name="softmax_cross_entropy_with_integer_labels",
+        formula="dL/dz = softmax(z) - onehot(y)",
+        latex=r"\nabla_z L = \mathrm{softmax}(z) - e_y",
+        function=lambda z, label, mask: jaxent.softmax_cross_entropy_with_integer_labels(
+            z, label, where=mask
+        ),
+        closed_form=_cf(_int_ce_cf),
+        plain=_int_ce_plain,
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K), None),
+        edge_cases=(
+            Case("-inf logits", (_Z_INF, 2, None)),
+            Case("label on a -inf logit", (_Z_INF, 1, None), note="L = +inf, gradient p - e_y"),
+            Case("masked classes", (_Z_RANGE, 0, _MASK)),
+            Case("label on a masked class", (_Z_RANGE, 2, _MASK)),
+            Case("fully masked row", (_Z_RANGE, 0, _NONE)),
+            Case("p ~ 1e-17", (_Z_GAP, 1, None)),
+        ),
+        convention=(
+            "a label on a -inf or removed class gives +inf with gradient p (the"
+            " removed class gets 0); an empty row gives 0 with gradient 0."
+        ),
+    )
+)
+
+_CW = np.array([0.5, 2.0, 1.0, 0.0, 1.5])
+_ZL = 0.05
+_IGNORE = -100
+
+
+def _int_ce_w_cf(z: Array, label: Array) -> Array:
+    p = jaxent.softmax(z)
+    lse = jaxent.logsumexp(z)
+    w = jnp.asarray(_CW)[jnp.clip(label, 0, K - 1)]
+    g = w * (p - _onehot(label)) + 2 * _ZL * lse * p
+    return jnp.where(label == _IGNORE, 0.0, g)
+
+
+register(
+    Derivation(
+        name="softmax_cross_entropy_with_integer_labels[class_weights,z_loss,ignore_index]",
+        formula="dL/dz = w_y (softmax(z) - onehot(y)) + 2 z_loss lse(z) softmax(z)",
+        latex=r"\nabla_z L = w_y(\mathrm{softmax}(z) - e_y)"
+        r" + 2\lambda_z\,\mathrm{lse}(z)\,\mathrm{softmax}(z)",
+        function=lambda z, label: jaxent.softmax_cross_entropy_with_integer_labels(
+            z, label, class_weights=jnp.asarray(_CW), z_loss=_ZL, ignore_index=_IGNORE
+        ),
+        closed_form=_cf(_int_ce_w_cf),
+        plain=lambda z, label: _int_ce_plain(z, label, None, jnp.asarray(_CW), _ZL, _IGNORE),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        edge_cases=(
+            Case("ignore_index row", (_logits(np.random.default_rng(1)), _IGNORE)),
+            Case("zero class weight", (_logits(np.random.default_rng(2)), 3)),
+            Case("-inf logits", (_Z_INF, 0)),
+        ),
+        convention="class_weights = [.5, 2, 1, 0, 1.5], z_loss = 0.05; ignored rows: 0.",
+    )
+)
+
+_CAP = 3.0
+
+
+def _softcap_cf(z: Array, label: Array) -> Array:
+    t = jnp.tanh(z / _CAP)
+    return (1 - t * t) * (jaxent.softmax(_CAP * t) - _onehot(label))
+
+
+register(
+    Derivation(
+        name="softmax_cross_entropy_with_integer_labels[logit_softcap]",
+        formula="dL/dz = (1 - tanh^2(z/c)) (softmax(c tanh(z/c)) - onehot(y))",
+        latex=r"\nabla_z L = (1 - t^2)\odot(\mathrm{softmax}(c\,t) - e_y),\quad t = \tanh(z/c)",
+        function=lambda z, label: jaxent.softmax_cross_entropy_with_integer_labels(
+            z, label, logit_softcap=_CAP
+        ),
+        closed_form=_cf(_softcap_cf),
+        plain=lambda z, label: _int_ce_plain(_CAP * jnp.tanh(z / _CAP), label, None),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        edge_cases=(Case("saturated cap", (np.array([30.0, -30.0, 0.0, 2.0, -1.0]), 1)),),
+        convention="cap c = 3.",
+    )
+)
+
+
+def _sig(x: Array) -> Array:
+    return jax.nn.sigmoid(x)
+
+
+def _sbce_cf(z: Array, y: Array, w: Array) -> tuple[Array, Array, Array]:
+    return (
+        (1 - y) * _sig(z) - w * y * _sig(-z),
+        w * _plain_softplus(-z) - _plain_softplus(z),
+        y * _plain_softplus(-z),
+    )
+
+
+def _sbce_plain(z: Array, y: Array, w: Array) -> Array:
+    # -[w y log sigma(z) + (1 - y) log(1 - sigma(z))] with log sigma(z) = -softplus(-z).
+    return jnp.sum(w * y * _plain_softplus(-z) + (1 - y) * _plain_softplus(z))
+
+
+_Z_SAT = np.array([50.0, -50.0, 30.0, -30.0, 0.0])
+register(
+    Derivation(
+        name="sigmoid_binary_cross_entropy",
+        formula="dL/dz = sigmoid(z) - y",
+        latex=r"\frac{\partial L}{\partial z} = \sigma(z) - y",
+        function=lambda z, y: jnp.sum(jaxent.sigmoid_binary_cross_entropy(z, y)),
+        closed_form=_cf(lambda z, y: (_sig(z) - y, -z)),
+        plain=lambda z, y: _sbce_plain(z, y, jnp.ones_like(z)),
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), rng.uniform(size=K)),
+        edge_cases=(
+            Case(
+                "saturated, labels agree",
+                (_Z_SAT, np.array([1.0, 0.0, 1.0, 0.0, 1.0])),
+                note="z = 50, y = 1: dL/dz = -1.93e-22 to full relative accuracy",
+            ),
+            Case("saturated, labels disagree", (_Z_SAT, np.array([0.0, 1.0, 0.0, 1.0, 0.5]))),
+        ),
+        convention=(
+            "elementwise, summed. Computed as (1 - y) sigma(z) - y sigma(-z) so that"
+            " z = 50, y = 1 gives -1.93e-22, not 0. dL/dy = -z."
+        ),
+    )
+)
+
+register(
+    Derivation(
+        name="sigmoid_binary_cross_entropy[pos_weight]",
+        formula="dL/dz = (1 - y) sigmoid(z) - w y sigmoid(-z)",
+        latex=r"\frac{\partial L}{\partial z} = (1-y)\,\sigma(z) - w_+ y\,\sigma(-z)",
+        function=lambda z, y, w: jnp.sum(jaxent.sigmoid_binary_cross_entropy(z, y, pos_weight=w)),
+        closed_form=_cf(_sbce_cf),
+        plain=_sbce_plain,
+        argnums=(0, 1, 2),
+        sample=lambda rng: (_logits(rng), rng.uniform(size=K), rng.uniform(0.5, 3.0, size=K)),
+        edge_cases=(Case("saturated", (_Z_SAT, np.array([1.0, 0.0, 0.0, 1.0, 0.5]), np.full(K, 2.0))),),
+        convention="elementwise, summed; dL/dy = w softplus(-z) - softplus(z), dL/dw = y softplus(-z).",
+    )
+)
+
+
+def _bce_plain(p: Array, y: Array) -> Array:
+    a, b = y != 0, (1 - y) != 0
+    return -jnp.sum(_plogq(y, _log_on(p, a), a) + _plogq(1 - y, _log_on(1 - p, b), b))
+
+
+register(
+    Derivation(
+        name="binary_cross_entropy",
+        formula="dL/dp = (1 - y)/(1 - p) - y/p",
+        latex=r"\frac{\partial L}{\partial p} = \frac{1-y}{1-p} - \frac{y}{p}",
+        function=lambda p, y: jnp.sum(jaxent.binary_cross_entropy(p, y)),
+        closed_form=_cf(lambda p, y: ((1 - y) / (1 - p) - y / p, jnp.log1p(-p) - jnp.log(p))),
+        plain=_bce_plain,
+        argnums=(0, 1),
+        sample=lambda rng: (rng.uniform(0.05, 0.95, size=K), rng.uniform(size=K)),
+        convention="elementwise, summed; 0 log 0 = 0 (no clamping at -100 as in PyTorch).",
+    )
+)
+
+
+def _wmean_cf(losses: Array, weights: Array) -> tuple[Array, Array]:
+    total = jnp.sum(weights)
+    mean = jnp.sum(weights * losses) / total
+    return weights / total, (losses - mean) / total
+
+
+register(
+    Derivation(
+        name="weighted_mean",
+        formula="d/dL_n = w_n / sum w ; d/dw_n = (L_n - mean) / sum w",
+        latex=r"\frac{\partial \bar L}{\partial L_n} = \frac{w_n}{\sum_m w_m},\quad"
+        r"\frac{\partial \bar L}{\partial w_n} = \frac{L_n - \bar L}{\sum_m w_m}",
+        function=lambda losses, weights: jaxent.weighted_mean(losses, weights=weights),
+        closed_form=_cf(_wmean_cf),
+        plain=lambda losses, weights: jnp.sum(weights * losses) / jnp.sum(weights),
+        argnums=(0, 1),
+        sample=lambda rng: (rng.exponential(size=K), rng.uniform(0.1, 2.0, size=K)),
+        convention="no custom rule (autodiff of a ratio of sums).",
+    )
+)
+
+# =========================================================================== label smoothing
+
+
+def _smoothed(label: Array, eps: Array, convention: str) -> Array:
+    onehot = _onehot(label)
+    if convention == "uniform":
+        return (1 - eps) * onehot + eps / K
+    return (1 - eps) * onehot + eps / (K - 1) * (1 - onehot)
+
+
+def _ls_ce_cf(convention: str) -> Callable[..., tuple[Array, Array]]:
+    def cf(z: Array, label: Array, eps: Array) -> tuple[Array, Array]:
+        ls = jaxent.log_softmax(z)
+        dy = _smoothed(label, 1.0, convention) - _smoothed(label, 0.0, convention)
+        return jaxent.softmax(z) - _smoothed(label, eps, convention), -jnp.sum(dy * ls)
+
+    return cf
+
+
+def _ls_ce_plain(convention: str) -> Callable[..., Array]:
+    def plain(z: Array, label: Array, eps: Array) -> Array:
+        return -jnp.sum(_smoothed(label, eps, convention) * _plain_log_softmax(z))
+
+    return plain
+
+
+for _conv, _tex in (
+    ("uniform", r"(1-\varepsilon)e_y + \varepsilon/K"),
+    ("off_target", r"(1-\varepsilon)e_y + \frac{\varepsilon}{K-1}(1 - e_y)"),
+):
+    register(
+        Derivation(
+            name=f"label_smoothed_cross_entropy[{_conv}]",
+            formula="dL/dz = softmax(z) - y_smooth ; dL/deps = -<dy_smooth/deps, log p>",
+            latex=r"\nabla_z L = \mathrm{softmax}(z) - \tilde y,\quad \tilde y = " + _tex,
+            function=functools.partial(
+                lambda z, label, eps, c: jaxent.label_smoothed_cross_entropy(
+                    z, label, eps, convention=c
+                ),
+                c=_conv,
+            ),
+            closed_form=_cf(_ls_ce_cf(_conv)),
+            plain=_ls_ce_plain(_conv),
+            argnums=(0, 2),
+            sample=lambda rng: (_logits(rng), rng.integers(0, K), rng.uniform(0.01, 0.3)),
+            edge_cases=(
+                Case(
+                    "smoothing mass on a -inf logit",
+                    (_Z_INF, 0, 0.1),
+                    reference_argnums=(0,),
+                    note="L = +inf; the logits gradient p - y_smooth stays finite",
+                ),
+                Case("eps = 0", (_Z_GAP, 1, 0.0)),
+            ),
+            convention=f"integer labels, convention={_conv!r}.",
+        )
+    )
+
+
+def _ls_soft_cf(z: Array, y: Array) -> Array:
+    t = jnp.asarray(_CW) * ((1 - 0.1) * y + 0.1 / K)
+    return jnp.sum(t) * jaxent.softmax(z) - t
+
+
+register(
+    Derivation(
+        name="label_smoothed_cross_entropy[soft,class_weights]",
+        formula="dL/dz = (sum w y_s) softmax(z) - w y_s",
+        latex=r"\nabla_z L = \Big(\sum_c w_c\tilde y_c\Big)\mathrm{softmax}(z) - w\odot\tilde y",
+        function=lambda z, y: jaxent.label_smoothed_cross_entropy(
+            z, y, 0.1, class_weights=jnp.asarray(_CW)
+        ),
+        closed_form=_cf(_ls_soft_cf),
+        plain=lambda z, y: -jnp.sum(
+            jnp.asarray(_CW) * (0.9 * y + 0.1 / K) * _plain_log_softmax(z)
+        ),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), _probs(rng)),
+        convention="eps = 0.1 (uniform), class_weights = [.5, 2, 1, 0, 1.5].",
+    )
+)
+
+register(
+    Derivation(
+        name="smooth_labels",
+        formula="dy_s/dy = (1 - eps) I ; dy_s/deps = 1/K - y",
+        latex=r"\frac{\partial\tilde y}{\partial y} = (1-\varepsilon) I,\quad"
+        r"\frac{\partial\tilde y}{\partial\varepsilon} = \frac{1}{K} - y",
+        function=lambda y, eps: jaxent.smooth_labels(y, eps),
+        closed_form=_cf(lambda y, eps: ((1 - eps) * jnp.eye(K), 1.0 / K - y)),
+        plain=lambda y, eps: (1 - eps) * y + eps / K,
+        argnums=(0, 1),
+        sample=lambda rng: (_probs(rng), rng.uniform(0.0, 0.5)),
+        convention="probability labels, uniform convention.",
+    )
+)
+
+register(
+    Derivation(
+        name="with_label_smoothing",
+        formula="dL/dz = softmax(z) - y_smooth",
+        latex=r"\nabla_z L = \mathrm{softmax}(z) - \tilde y",
+        function=lambda z, label: jaxent.with_label_smoothing(
+            jaxent.softmax_cross_entropy, 0.2, convention="off_target"
+        )(z, label),
+        closed_form=_cf(lambda z, label: jaxent.softmax(z) - _smoothed(label, 0.2, "off_target")),
+        plain=lambda z, label: _ls_ce_plain("off_target")(z, label, 0.2),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        convention="with_label_smoothing(softmax_cross_entropy, 0.2, convention='off_target').",
+    )
+)
+
+
+def _gap_cf(eps: Array, k: int, convention: str) -> Array:
+    if convention == "uniform":
+        return -k / (eps * (eps + k * (1 - eps)))
+    return -1.0 / (1 - eps) - 1.0 / eps
+
+
+for _conv in ("uniform", "off_target"):
+    register(
+        Derivation(
+            name=f"optimal_logit_gap[{_conv}]",
+            formula=(
+                "d gap/deps = -K / (eps (eps + K (1 - eps)))"
+                if _conv == "uniform"
+                else "d gap/deps = -1/(1 - eps) - 1/eps"
+            ),
+            latex=(
+                r"\frac{d}{d\varepsilon}\log\Big(1 + \frac{K(1-\varepsilon)}{\varepsilon}\Big)"
+                r" = -\frac{K}{\varepsilon(\varepsilon + K(1-\varepsilon))}"
+                if _conv == "uniform"
+                else r"\frac{d}{d\varepsilon}\log\frac{(1-\varepsilon)(K-1)}{\varepsilon}"
+                r" = -\frac{1}{1-\varepsilon} - \frac{1}{\varepsilon}"
+            ),
+            function=functools.partial(
+                lambda eps, c: jaxent.optimal_logit_gap(eps, K, convention=c), c=_conv
+            ),
+            closed_form=_cf(functools.partial(_gap_cf, k=K, convention=_conv)),
+            plain=functools.partial(
+                lambda eps, c: jnp.log(
+                    (1 - eps + eps / K) / (eps / K)
+                    if c == "uniform"
+                    else (1 - eps) / (eps / (K - 1))
+                ),
+                c=_conv,
+            ),
+            argnums=(0,),
+            sample=lambda rng: (rng.uniform(0.01, 0.5),),
+            convention=f"K = {K}, convention={_conv!r}; no custom rule.",
+        )
+    )
+
+# =========================================================================== large vocabularies
+
+_EPS_LV, _ZL_LV, _D = 0.1, 0.05, 3
+
+
+def _lv_dz(z: Array, label: Array) -> Array:
+    """d loss / d logits of the smoothed, z-lossed integer cross-entropy."""
+    p, lse = jaxent.softmax(z), jaxent.logsumexp(z)
+    return p * (1 + 2 * _ZL_LV * lse) - (1 - _EPS_LV) * _onehot(label) - _EPS_LV / K
+
+
+def _lv_plain_from_logits(z: Array, label: Array) -> Array:
+    lse = _plain_lse(z)[0]
+    return lse - (1 - _EPS_LV) * z[label] - _EPS_LV / K * jnp.sum(z) + _ZL_LV * lse**2
+
+
+def _linear_cf(h: Array, w: Array, label: Array) -> tuple[Array, Array]:
+    g = _lv_dz(h @ w, label)
+    return w @ g, jnp.outer(h, g)
+
+
+register(
+    Derivation(
+        name="linear_cross_entropy",
+        formula="dL/dh = W g ; dL/dW = h g^T ; g = p (1 + 2 lam lse) - (1 - eps) e_y - eps/V",
+        latex=r"g = p(1 + 2\lambda\,\mathrm{lse}) - (1-\varepsilon)e_y - \frac{\varepsilon}{V},"
+        r"\quad \nabla_h L = W g,\quad \nabla_W L = h g^\top",
+        function=lambda h, w, label: _large_vocab.linear_cross_entropy(
+            h, w, label, label_smoothing=_EPS_LV, z_loss=_ZL_LV, block_size=2
+        ),
+        closed_form=_cf(_linear_cf),
+        plain=lambda h, w, label: _lv_plain_from_logits(h @ w, label),
+        argnums=(0, 1),
+        sample=lambda rng: (rng.normal(size=_D), rng.normal(size=(_D, K)), rng.integers(0, K)),
+        convention="eps = 0.1, z_loss = 0.05, block_size = 2 (ragged last block).",
+        forward_mode=False,
+    )
+)
+
+
+@functools.cache
+def _tp_mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _vp_ce(z: Array, label: Array) -> Array:
+    from jax.sharding import PartitionSpec as P
+
+    f = jax.shard_map(
+        lambda zz, yy: _large_vocab.vocab_parallel_cross_entropy(
+            zz, yy, "tp", label_smoothing=_EPS_LV, z_loss=_ZL_LV
+        ),
+        mesh=_tp_mesh(),
+        in_specs=(P(None, "tp"), P()),
+        out_specs=P(),
+    )
+    return f(z[None], jnp.reshape(label, (1,)))[0]
+
+
+register(
+    Derivation(
+        name="vocab_parallel_cross_entropy",
+        formula="dL/dz = p (1 + 2 lam lse) - (1 - eps) e_y - eps/V",
+        latex=r"\nabla_z L = p(1 + 2\lambda\,\mathrm{lse}) - (1-\varepsilon)e_y"
+        r" - \frac{\varepsilon}{V}",
+        function=_vp_ce,
+        closed_form=_cf(_lv_dz),
+        plain=_lv_plain_from_logits,
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        convention="shard_map over a 1-device mesh; eps = 0.1, z_loss = 0.05.",
+        forward_mode=False,
+    )
+)

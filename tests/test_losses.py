@@ -1,0 +1,245 @@
+"""Cross-entropy losses and weighted_mean against numpy/PyTorch formulas and optax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special as sps
+from _refs import int_ce, sigmoid_bce, softmax_ce
+
+import jaxent
+
+
+def data(seed, n=6, k=5):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=2, size=(n, k))
+    y = rng.dirichlet(np.ones(k), size=n)
+    labels = rng.integers(0, k, size=n)
+    return z, y, labels
+
+
+class TestSoftLabels:
+    def test_matches_reference_and_optax(self):
+        z, y, _ = data(0)
+        out = jaxent.softmax_cross_entropy(z, y)
+        np.testing.assert_allclose(out, softmax_ce(z, y), rtol=1e-12)
+        np.testing.assert_allclose(out, optax.losses.softmax_cross_entropy(z, y), rtol=1e-12)
+
+    def test_gradient_is_sum_y_p_minus_y(self):
+        z, y, _ = data(1)
+        y = y * 1.7  # unnormalised labels: (sum y) p - y
+        g = jax.grad(lambda z: jnp.sum(jaxent.softmax_cross_entropy(z, y)))(z)
+        np.testing.assert_allclose(g, y.sum(-1, keepdims=True) * sps.softmax(z, -1) - y, atol=1e-14)
+
+    def test_gradient_wrt_labels(self):
+        z, y, _ = data(2)
+        g = jax.grad(lambda y: jnp.sum(jaxent.softmax_cross_entropy(z, y)))(y)
+        np.testing.assert_allclose(g, -sps.log_softmax(z, -1), rtol=1e-12)
+
+    def test_where_axis_jit_vmap(self):
+        z, y, _ = data(3, n=4, k=6)
+        keep = np.array([True, True, False, True, True, False])
+        out = jaxent.softmax_cross_entropy(z, y, where=keep[None])
+        np.testing.assert_allclose(out, softmax_ce(z[:, keep], y[:, keep]), rtol=1e-12)
+        np.testing.assert_allclose(jaxent.softmax_cross_entropy(z.T, y.T, axis=0), softmax_ce(z, y), rtol=1e-12)
+        np.testing.assert_allclose(jax.jit(jaxent.softmax_cross_entropy)(z, y), softmax_ce(z, y), rtol=1e-12)
+        np.testing.assert_allclose(jax.vmap(jaxent.softmax_cross_entropy)(z, y), softmax_ce(z, y), rtol=1e-12)
+
+    def test_minus_inf_logit_is_finite_where_optax_is_nan(self):
+        z = jnp.array([[0.0, -jnp.inf, 1.0]])
+        y = jnp.array([[0.5, 0.0, 0.5]])
+        assert np.isnan(optax.losses.softmax_cross_entropy(z, y)[0])  # the anchor's bug
+        v, g = jax.value_and_grad(lambda z: jnp.sum(jaxent.softmax_cross_entropy(z, y)))(z)
+        np.testing.assert_allclose(v, softmax_ce(np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]]))[0])
+        assert np.all(np.isfinite(g)) and g[0, 1] == 0
+
+    def test_label_mass_on_minus_inf_is_plus_inf(self):
+        z = jnp.array([[0.0, -jnp.inf, 1.0]])
+        y = jnp.array([[0.2, 0.3, 0.5]])
+        v, g = jax.value_and_grad(lambda z: jnp.sum(jaxent.softmax_cross_entropy(z, y)))(z)
+        assert v == np.inf and np.all(np.isfinite(g))
+
+    def test_fully_masked_row_is_zero(self):
+        z, y, _ = data(4, n=3, k=4)
+        where = np.array([True, False, True])
+        v, g = jax.value_and_grad(lambda z: jnp.sum(jaxent.softmax_cross_entropy(z, y, where=where)))(z)
+        np.testing.assert_allclose(v, softmax_ce(z[where], y[where]).sum(), rtol=1e-12)
+        np.testing.assert_array_equal(g[1], 0)
+        z_inf = np.array(z)
+        z_inf[1] = -np.inf
+        out = jaxent.softmax_cross_entropy(z_inf, y, where=np.ones((3, 4), bool) & where[:, None])
+        assert out[1] == 0
+
+
+class TestIntegerLabels:
+    def test_matches_pytorch_formula_and_optax(self):
+        z, _, labels = data(5)
+        out = jaxent.softmax_cross_entropy_with_integer_labels(z, labels)
+        np.testing.assert_allclose(out, int_ce(z, labels), rtol=1e-12)
+        np.testing.assert_allclose(
+            out, optax.losses.softmax_cross_entropy_with_integer_labels(z, labels), rtol=1e-12
+        )
+
+    def test_equals_one_hot(self):
+        z, _, labels = data(6)
+        np.testing.assert_allclose(
+            jaxent.softmax_cross_entropy_with_integer_labels(z, labels),
+            jaxent.softmax_cross_entropy(z, np.eye(5)[labels]),
+            rtol=1e-12,
+        )
+
+    def test_class_weights_ignore_index_and_weighted_mean(self):
+        z, _, labels = data(7, n=8)
+        labels[[1, 4]] = -100
+        cw = np.array([0.5, 2.0, 1.0, 3.0, 0.25])
+        out = jaxent.softmax_cross_entropy_with_integer_labels(
+            z, labels, ignore_index=-100, class_weights=cw
+        )
+        np.testing.assert_allclose(out, int_ce(z, labels, cw, ignore_index=-100), rtol=1e-12)
+        keep = labels != -100
+        # PyTorch reduction="mean": sum of weighted losses / sum of weights of kept rows.
+        expected_mean = out.sum() / cw[labels[keep]].sum()
+        mean = jaxent.weighted_mean(out, weights=cw[np.where(keep, labels, 0)], where=keep, losses_are_weighted=True)
+        np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+        plain = jaxent.softmax_cross_entropy_with_integer_labels(z, labels, ignore_index=-100)
+        mean2 = jaxent.weighted_mean(plain, weights=cw[np.where(keep, labels, 0)], where=keep)
+        np.testing.assert_allclose(mean2, expected_mean, rtol=1e-12)
+
+    def test_gradient_closed_form(self):
+        z, _, labels = data(8)
+        labels[2] = -1
+        cw = np.linspace(0.5, 1.5, 5)
+        g = jax.grad(
+            lambda z: jnp.sum(
+                jaxent.softmax_cross_entropy_with_integer_labels(z, labels, ignore_index=-1, class_weights=cw)
+            )
+        )(z)
+        lab = np.clip(labels, 0, 4)
+        w = np.where(labels == -1, 0.0, cw[lab])[:, None]
+        expected = w * (sps.softmax(z, -1) - np.eye(5)[lab])
+        np.testing.assert_allclose(g, expected, atol=1e-14)
+        np.testing.assert_array_equal(g[2], 0)
+
+    def test_z_loss_and_softcap(self):
+        z, _, labels = data(9)
+        c, zl = 3.0, 1e-2
+        zc = c * np.tanh(z / c)
+        lse = sps.logsumexp(zc, -1)
+        expected = lse - zc[np.arange(6), labels] + zl * lse**2
+        fn = lambda z: jaxent.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+            z, labels, z_loss=zl, logit_softcap=c
+        )
+        np.testing.assert_allclose(fn(z), expected, rtol=1e-12)
+        g = jax.grad(lambda z: jnp.sum(fn(z)))(z)
+        p = sps.softmax(zc, -1)
+        dz_c = p - np.eye(5)[labels] + 2 * zl * lse[:, None] * p
+        np.testing.assert_allclose(g, dz_c * (1 - np.tanh(z / c) ** 2), atol=1e-13)
+
+    def test_out_of_range_label_is_nan_not_a_wrong_class(self):
+        z, _, labels = data(10)
+        labels[3] = 7
+        labels[4] = -2
+        out = jaxent.softmax_cross_entropy_with_integer_labels(z, labels)
+        assert np.isnan(out[3]) and np.isnan(out[4])
+        assert np.all(np.isfinite(np.delete(np.asarray(out), [3, 4])))
+
+    def test_masks(self):
+        z, _, labels = data(11, n=4, k=6)
+        labels = np.array([0, 1, 3, 5])
+        keep = np.array([True, False, True, True, True, True])
+        out = jaxent.softmax_cross_entropy_with_integer_labels(z, labels, where=keep[None])
+        ls = sps.log_softmax(z[:, keep], -1)
+        np.testing.assert_allclose(np.asarray(out)[[0, 2, 3]], -ls[[0, 2, 3], [0, 2, 4]], rtol=1e-12)
+        assert out[1] == np.inf  # the label's class is removed: -log 0
+        rows = np.array([True, False, True, False])
+        v, g = jax.value_and_grad(
+            lambda z: jnp.sum(jaxent.softmax_cross_entropy_with_integer_labels(z, labels, where=rows))
+        )(z)
+        np.testing.assert_array_equal(g[~rows], 0)
+        np.testing.assert_allclose(v, int_ce(z, labels)[rows].sum(), rtol=1e-12)
+
+    def test_minus_inf_and_huge_logits(self):
+        z = jnp.array([[0.0, -jnp.inf, 2.0], [-jnp.inf] * 3, [3e38, -3e38, 0.0], [1e4, -1e4, 0.0]], jnp.float32)
+        labels = jnp.array([0, 1, 0, 2])
+        v, g = jax.value_and_grad(
+            lambda z: jnp.sum(jaxent.softmax_cross_entropy_with_integer_labels(z, labels))
+        )(z)
+        out = jaxent.softmax_cross_entropy_with_integer_labels(z, labels)
+        np.testing.assert_allclose(out[0], -sps.log_softmax([0.0, 2.0])[0], rtol=1e-6)
+        assert out[1] == 0 and out[2] == 0 and out[3] == pytest.approx(1e4, rel=1e-6)
+        assert np.all(np.isfinite(g))
+
+    @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+    def test_low_precision_32k(self, dtype):
+        rng = np.random.default_rng(12)
+        z = jnp.asarray(rng.normal(scale=3, size=(2, 32768)), dtype)
+        labels = rng.integers(0, 32768, size=2)
+        out = jaxent.softmax_cross_entropy_with_integer_labels(z, labels)
+        assert out.dtype == dtype
+        np.testing.assert_allclose(np.asarray(out, np.float64), int_ce(np.asarray(z, np.float64), labels), rtol=1e-2)
+        g = jax.grad(lambda z: jnp.sum(jaxent.softmax_cross_entropy_with_integer_labels(z, labels)))(z)
+        assert g.dtype == dtype and np.all(np.isfinite(np.asarray(g, np.float32)))
+
+
+class TestBinary:
+    def test_sigmoid_bce_matches_pytorch_formula(self):
+        rng = np.random.default_rng(13)
+        z = rng.normal(scale=4, size=(5, 3))
+        y = rng.uniform(size=(5, 3))
+        pw = np.array([1.0, 2.0, 0.5])
+        np.testing.assert_allclose(jaxent.sigmoid_binary_cross_entropy(z, y), sigmoid_bce(z, y), rtol=1e-12)
+        np.testing.assert_allclose(
+            jaxent.sigmoid_binary_cross_entropy(z, y, pos_weight=pw), sigmoid_bce(z, y, pw), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            jaxent.sigmoid_binary_cross_entropy(z, y), optax.losses.sigmoid_binary_cross_entropy(z, y), rtol=1e-12
+        )
+
+    def test_sigmoid_bce_gradient_keeps_tiny_values(self):
+        g = jax.grad(jaxent.sigmoid_binary_cross_entropy)(jnp.float32(50.0), jnp.float32(1.0))
+        np.testing.assert_allclose(g, -np.exp(-50.0) / (1 + np.exp(-50.0)), rtol=1e-5)
+        assert g != 0
+        g0 = jax.grad(jaxent.sigmoid_binary_cross_entropy)(jnp.float32(-50.0), jnp.float32(0.0))
+        np.testing.assert_allclose(g0, sps.expit(-50.0), rtol=1e-5)
+
+    def test_sigmoid_bce_gradient_with_pos_weight(self):
+        rng = np.random.default_rng(14)
+        z, y, pw = rng.normal(size=4), rng.uniform(size=4), rng.uniform(0.5, 3, size=4)
+        g = jax.grad(lambda z: jnp.sum(jaxent.sigmoid_binary_cross_entropy(z, y, pos_weight=pw)))(z)
+        np.testing.assert_allclose(g, (1 - y) * sps.expit(z) - pw * y * sps.expit(-z), rtol=1e-12)
+
+    def test_sigmoid_bce_infinite_logits(self):
+        z = jnp.array([-jnp.inf, jnp.inf, -jnp.inf, jnp.inf, 3e38, -3e38], jnp.float32)
+        y = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0], jnp.float32)
+        out = jaxent.sigmoid_binary_cross_entropy(z, y)
+        np.testing.assert_array_equal(out, [0, 0, np.inf, np.inf, 0, 0])
+        g = jax.grad(lambda z: jnp.sum(jaxent.sigmoid_binary_cross_entropy(z, y)))(z)
+        assert not np.any(np.isnan(g))
+
+    def test_binary_cross_entropy_from_probs(self):
+        p = np.array([0.1, 0.5, 0.9, 0.0, 1.0, 0.0])
+        y = np.array([1.0, 0.0, 0.3, 0.0, 1.0, 1.0])
+        out = jaxent.binary_cross_entropy(p, y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = -(np.where(y > 0, y * np.log(p), 0) + np.where(y < 1, (1 - y) * np.log1p(-p), 0))
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+        assert out[-1] == np.inf
+        g = jax.grad(lambda p: jnp.sum(jaxent.binary_cross_entropy(p, y[:5])))(p[:5])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected_g = np.where(y[:5] < 1, (1 - y[:5]) / (1 - p[:5]), 0) - np.where(y[:5] > 0, y[:5] / p[:5], 0)
+        np.testing.assert_allclose(g, expected_g, rtol=1e-12)
+
+
+class TestWeightedMean:
+    def test_plain_and_empty(self):
+        losses = np.array([1.0, 2.0, 3.0, 4.0])
+        assert jaxent.weighted_mean(losses) == 2.5
+        np.testing.assert_allclose(jaxent.weighted_mean(losses, weights=np.array([1.0, 0, 1, 2])), 12 / 4)
+        keep = np.zeros(4, bool)
+        v, g = jax.value_and_grad(lambda l: jaxent.weighted_mean(l, where=keep))(losses)
+        assert v == 0 and np.all(g == 0)
+
+    def test_ignores_inf_in_removed_rows(self):
+        losses = jnp.array([1.0, jnp.inf, 3.0])
+        assert jaxent.weighted_mean(losses, where=np.array([True, False, True])) == 2.0
