@@ -172,7 +172,7 @@ def _concrete_float(x: Any) -> float | None:
         arr = np.asarray(x)
     except Exception:  # noqa: BLE001 - anything non-concrete
         return None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(f"expected a real number, got {x!r}.")
     if arr.shape != ():
         raise ValueError(f"expected a scalar, got shape {arr.shape}.")
