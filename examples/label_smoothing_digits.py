@@ -220,11 +220,12 @@ def results_table(results: dict[float, dict[str, Any]]) -> str:
 
 
 def plot_reliability(ax, result: dict[str, Any], title: str) -> None:
-    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+    """Reliability diagram: accuracy per confidence bin, mean confidence, bin sizes."""
     b = reliability_bins(result["probs"], result["labels"])
     edges = b["edges"]
     width = edges[1] - edges[0]
     has = b["count"] > 0
+    centers = edges[:-1] + width / 2
     ax.bar(
         edges[:-1][has],
         b["accuracy"][has],
@@ -234,23 +235,19 @@ def plot_reliability(ax, result: dict[str, Any], title: str) -> None:
         edgecolor="k",
         label="accuracy",
     )
-    ax.bar(
-        edges[:-1][has],
-        (b["confidence"] - b["accuracy"])[has],
-        bottom=b["accuracy"][has],
-        width=width,
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot(centers[has], b["confidence"][has], "o", color="tab:red", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (max probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE = {result['ece']:.4f}")
-    ax.legend(loc="upper left")
+    ax.set_title(f"{title}: ECE = {result['ece']:.4f}")
+    ax.legend(loc="upper left", fontsize="small")
+    frac = ax.twinx()
+    frac.step(edges[:-1], b["count"] / b["count"].sum(), where="post", color="0.4", lw=1)
+    frac.set_yscale("log")
+    frac.set_ylim(1e-3, 2)
+    frac.set_ylabel("fraction of examples (grey, log)", color="0.4")
 
 
 def plot_gaps(ax, results: dict[float, dict[str, Any]], split: str = "train") -> None:
@@ -264,7 +261,7 @@ def plot_gaps(ax, results: dict[float, dict[str, Any]], split: str = "train") ->
                 f"optimal gap {r['optimal_gap']:.2f}",
                 (r["optimal_gap"], ax.get_ylim()[1] * 0.9),
                 rotation=90,
-                ha="right",
+                ha="left",
                 va="top",
             )
     ax.set_xlabel(r"logit gap $z_y - \mathrm{mean}_{j \neq y} z_j$ (" + split + " set)")

@@ -48,6 +48,9 @@ from jaxent._large_vocab import (
 )
 
 # derivations and verification (issue 3)
+from jaxent import derivations as derivations
+from jaxent.verify import VerifyResult as VerifyResult
+from jaxent.verify import verify as verify
 
 # checked mode (issue 6)
 from jaxent._checked import checked as checked

@@ -198,7 +198,7 @@ def log_base(base: Any) -> float | Array | None:
             f"`base` must be a number > 0 and != 1 (or None for nats), got {base!r}."
         ) from None
     if value is None:
-        return jnp.log(jnp.asarray(base, jnp.float32))
+        return jnp.log(jnp.asarray(base, jnp.result_type(float)))
     if not math.isfinite(value) or value <= 0 or value == 1:
         raise ValueError(
             f"`base` must be a finite number > 0 and != 1 (or None for nats), got {base!r}."

@@ -59,7 +59,7 @@ ArrayLike = jax.typing.ArrayLike
 #: forward+backward on the 2-core CPU of the project): 512: 1.00x, 1024: 0.99x,
 #: 2048: 0.98x, 4096: 1.00x, 8192: 1.05x the time of the fastest, with the
 #: working memory growing linearly in the block (see benchmarks/README.md).
-DEFAULT_BLOCK_SIZE = 2048
+DEFAULT_BLOCK_SIZE = 1024
 
 
 # --------------------------------------------------------------------------- checks

@@ -42,8 +42,13 @@ def _add(a: Array | None, b: Array) -> Array:
 def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
     shifted, _, s, _ = row_stats(x, mask, axis)
     ls = log_probs_from_stats(shifted, s)
-    keep = y != 0 if mask is None else mask & (y != 0)
+    keep = (y != 0) & _live(mask, s)
     return -jnp.sum(jnp.where(keep, y * jnp.where(keep, ls, 0), 0), axis=axis)
+
+
+def _live(mask: Array | None, s: Array) -> Array:
+    """Kept entries of rows with a class left: an all ``-inf`` row is an empty row."""
+    return s > 0 if mask is None else mask & (s > 0)
 
 
 def _softmax_ce_jvp(axis, primals, tangents):
@@ -51,17 +56,18 @@ def _softmax_ce_jvp(axis, primals, tangents):
     dx, dy, _ = tangents
     shifted, e, s, _ = row_stats(x, mask, axis)
     ls = log_probs_from_stats(shifted, s)
-    keep = y != 0 if mask is None else mask & (y != 0)
+    live = _live(mask, s)
+    keep = (y != 0) & live
     loss = -jnp.sum(jnp.where(keep, y * jnp.where(keep, ls, 0), 0), axis=axis)
     dloss = None
     if not _checks.is_symbolic_zero(dx):
         p = probs_from_stats(e, s)
-        y_kept = y if mask is None else jnp.where(mask, y, 0)
+        y_kept = jnp.where(live, y, 0)
         sy = jnp.sum(y_kept, axis=axis, keepdims=True)
         dloss = jnp.sum((sy * p - y_kept) * clean_tangent(dx, mask), axis=axis)
     if not _checks.is_symbolic_zero(dy):
         # dL/dy_i = -log p_i (+inf at a -inf logit, the true value).
-        neg_ls = -ls if mask is None else jnp.where(mask, -ls, 0)
+        neg_ls = jnp.where(live, -ls, 0)
         dloss = _add(dloss, jnp.sum(neg_ls * dy, axis=axis))
     if dloss is None:
         dloss = jnp.zeros_like(loss)
@@ -88,8 +94,9 @@ def softmax_cross_entropy(
     Conventions: a term with :math:`y_i = 0` is 0 even where :math:`z_i = -\infty`
     (:math:`0 \log 0 = 0`); label mass on a ``-inf`` logit gives ``+inf``, the
     true value, with a finite gradient in the logits; removed entries (``where``)
-    are left out of both the softmax and the sum; a fully removed row gives 0
-    with gradient 0. Labels are not renormalised.
+    are left out of both the softmax and the sum; a fully removed row (or one
+    whose logits are all ``-inf``, as for the integer-label loss) gives 0 with
+    gradient 0. Labels are not renormalised.
 
     Args:
       logits: floating array of shape ``[..., K]`` (class axis ``axis``).
@@ -144,18 +151,32 @@ def logit_softcap(logits: ArrayLike, cap: ArrayLike) -> Array:
 
 
 def _int_ce_parts(x, labels, mask, axis):
-    """Shared primal pieces of the integer-label loss."""
-    shifted, e, s, m = row_stats(x, mask, axis)
+    """Shared primal pieces of the integer-label loss.
+
+    The target logit is gathered from ``x`` itself (not from the shifted
+    logits) so that XLA fuses max, exp and sum into reductions that never
+    write an N x K intermediate in the forward pass.
+    """
     num_classes = x.shape[axis]
+    cdt = _checks.compute_dtype(x.dtype)
+    x_in = x if mask is None else jnp.where(mask, x, -jnp.inf)  # input dtype
+    xm = x_in.astype(cdt)
+    # The max is exact in the input dtype: reducing before the upcast keeps XLA
+    # from materialising an upcast copy of the logits.
+    m = jnp.max(x_in, axis=axis, keepdims=True).astype(cdt)
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    s = jnp.sum(jnp.exp(xm - m), axis=axis, keepdims=True)
     valid = (labels >= 0) & (labels < num_classes)
     idx = jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1), axis)
-    shifted_y = jnp.squeeze(jnp.take_along_axis(shifted, idx, axis=axis), axis)
+    # Gather in the input dtype (exact), then upcast: no upcast copy of x.
+    x_y = jnp.squeeze(jnp.take_along_axis(x_in, idx, axis=axis), axis).astype(cdt)
+    m_r = jnp.squeeze(m, axis)
     log_s = jnp.squeeze(jnp.log(s), axis)
     empty = log_s == -jnp.inf
     # lse - z_y = log(s) - (z_y - m): the shift cancels exactly.
-    ce = jnp.where(valid, jnp.where(empty, 0, log_s) - shifted_y, jnp.nan)
-    lse = log_s + jnp.squeeze(m, axis)
-    return ce, lse, empty, valid, idx, e, s
+    ce = jnp.where(valid, jnp.where(empty, 0, log_s) - (x_y - m_r), jnp.nan)
+    lse = log_s + m_r
+    return ce, lse, empty, valid, idx, xm, m, s
 
 
 def _z_penalty(z_loss, lse):
@@ -165,7 +186,7 @@ def _z_penalty(z_loss, lse):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
 def _int_ce(x, labels, weight, keep_row, mask, z_loss, axis):
-    ce, lse, empty, _, _, _, _ = _int_ce_parts(x, labels, mask, axis)
+    ce, lse, empty, *_ = _int_ce_parts(x, labels, mask, axis)
     keep = keep_row & ~empty
     wce = jnp.where(weight != 0, weight * ce, 0)
     loss = wce + _z_penalty(z_loss, jnp.where(keep, lse, 0))
@@ -175,15 +196,15 @@ def _int_ce(x, labels, weight, keep_row, mask, z_loss, axis):
 def _int_ce_jvp(axis, primals, tangents):
     x, labels, weight, keep_row, mask, z_loss = primals
     dx, _, dweight, _, _, dz_loss = tangents
-    ce, lse, empty, valid, idx, e, s = _int_ce_parts(x, labels, mask, axis)
+    ce, lse, empty, valid, idx, xm, m, s = _int_ce_parts(x, labels, mask, axis)
     keep = keep_row & ~empty
     lse_k = jnp.where(keep, lse, 0)
     wce = jnp.where(weight != 0, weight * ce, 0)
     loss = jnp.where(keep, wce + _z_penalty(z_loss, lse_k), 0)
     dloss = None
     if not _checks.is_symbolic_zero(dx):
-        p = probs_from_stats(e, s)
-        dx = clean_tangent(dx, mask)
+        p = probs_from_stats(jnp.exp(xm - m), s)
+        dx = clean_tangent(dx, mask).astype(p.dtype)
         # w (p - onehot) + 2 z_loss lse p, zero on removed rows.
         coef_p = jnp.where(keep, weight + 2 * z_loss * lse_k, 0)
         coef_y = jnp.where(keep, jnp.where(valid, weight, jnp.nan), 0)
@@ -260,12 +281,12 @@ def softmax_cross_entropy_with_integer_labels(
     num_classes = logits.shape[ax]
     dt = logits.dtype
     cdt = _checks.compute_dtype(dt)
-    x = logits.astype(cdt)
+    x = logits  # upcast inside the kernel, fused with the reductions
     if logit_softcap is not None:
         _checks.check_scalar_range(
             logit_softcap, "logit_softcap", 0, float("inf"), low_closed=False
         )
-        x = _softcap(x, jnp.asarray(logit_softcap, cdt))
+        x = _softcap(x.astype(cdt), jnp.asarray(logit_softcap, cdt))
     _checks.check_scalar_range(z_loss, "z_loss", 0, float("inf"))
     mask = None
     keep_row = jnp.ones(row_shape, bool)
@@ -363,10 +384,11 @@ def sigmoid_binary_cross_entropy(
                 f" `logits` {logits.shape}."
             )
         pw = pw.astype(cdt)
+    out_dt = _checks.output_dtype(logits.dtype, y.dtype)
     z = logits.astype(cdt)
     y = jnp.broadcast_to(y.astype(cdt), z.shape)
     pw = jnp.broadcast_to(pw, z.shape)
-    return _sigmoid_bce(z, y, pw).astype(_checks.output_dtype(logits.dtype, y.dtype))
+    return _sigmoid_bce(z, y, pw).astype(out_dt)
 
 
 @jax.custom_jvp

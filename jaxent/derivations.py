@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxent
-from jaxent import _large_vocab, _smoothing
 
 Array = jax.Array
 
@@ -167,9 +166,10 @@ def _plain_softmax(z: Array, mask: Array | None = None) -> Array:
 
 
 def _plain_log_softmax(z: Array, mask: Array | None = None) -> Array:
-    z = _masked(z, mask)
-    s = _plain_sum_exp(z)
-    return jnp.where(s > 0, z - jnp.log(jnp.where(s > 0, s, 1.0)), -jnp.inf)
+    zm = _masked(z, mask)
+    s = _plain_sum_exp(zm)
+    keep = s > 0 if mask is None else mask & (s > 0)  # a removed entry is the constant -inf
+    return jnp.where(keep, zm - jnp.log(jnp.where(s > 0, s, 1.0)), -jnp.inf)
 
 
 def _plogq(p: Array, log_q: Array, active: Array) -> Array:
@@ -389,9 +389,7 @@ register(
         latex=r"\nabla_z H(\mathrm{softmax}(z)) = -p \odot (\log p + H)",
         function=lambda z, mask: jaxent.entropy_from_logits(z, where=mask),
         closed_form=_cf(
-            lambda z, mask: (
-                lambda p, lp, h: -p * (jnp.where(p > 0, lp, 0.0) + h)
-            )(
+            lambda z, mask: (lambda p, lp, h: -p * (jnp.where(p > 0, lp, 0.0) + h))(
                 jaxent.softmax(z, where=mask),
                 jaxent.log_softmax(z, where=mask),
                 jaxent.entropy_from_logits(z, where=mask),
@@ -462,7 +460,14 @@ register(
         argnums=(0, 1),
         sample=lambda rng: (_probs(rng), _probs(rng), None),
         edge_cases=(
-            _zero_prob_case((_P_ZERO, _Q_ZERO, None), _BOUNDARY),
+            _zero_prob_case((_P_ZERO, _P_ZERO[::-1] + 0.1, None), _BOUNDARY),
+            _zero_prob_case((_P_ZERO, _P_ZERO, None), "p_i = q_i = 0 corners: gradient 0"),
+            Case(
+                "q = 0 < p (H = +inf)",
+                (_P_ZERO[::-1].copy(), _P_ZERO, None),
+                finite_differences=False,
+                note="dH/dp = +inf, dH/dq = -inf on the offending class: true values",
+            ),
             Case("masked entries", (_P_ZERO + 0.1, _Q_ZERO + 0.1, _MASK)),
         ),
         convention=(
@@ -639,7 +644,7 @@ register(
         r"\frac{\partial D}{\partial\sigma_p} = \frac{\sigma_p}{\sigma_q^2} - \frac{1}{\sigma_p},"
         r"\quad \frac{\partial D}{\partial\sigma_q} = \frac{1}{\sigma_q}"
         r" - \frac{\sigma_p^2 + (\mu_p-\mu_q)^2}{\sigma_q^3}",
-        function=jaxent.kl_divergence_diag_gaussian,
+        function=lambda mp, sp, mq, sq: jaxent.kl_divergence_diag_gaussian(mp, sp, mq, sq),
         closed_form=_cf(_gauss_cf),
         plain=_gauss_plain,
         argnums=(0, 1, 2, 3),
@@ -670,6 +675,10 @@ register(
 # =========================================================================== losses
 
 
+_SCE_LABEL_NOTE = (
+    "dL/dy_i = +inf at a -inf logit (-log p_i); the plain definition needs 0 log 0 = 0"
+    " for its value, whose autodiff gives 0: compared in the logits only"
+)
 _Y_SOFT = np.array([0.1, 0.3, 0.2, 0.15, 0.05])  # sums to 0.8
 
 
@@ -700,10 +709,16 @@ register(
         argnums=(0, 1),
         sample=lambda rng: (_logits(rng), _soft_labels(rng), None),
         edge_cases=(
-            Case("-inf logits, no mass there", (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None)),
+            Case(
+                "-inf logits, no mass there",
+                (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None),
+                reference_argnums=(0,),
+                note=_SCE_LABEL_NOTE,
+            ),
             Case(
                 "label mass on a -inf logit",
                 (_Z_INF, np.array([0.6, 0.2, 0.1, 0.1, 0.0]), None),
+                reference_argnums=(0,),
                 note="L = +inf, the true value, with a finite gradient in the logits",
             ),
             Case("masked classes", (_Z_RANGE, _Y_SOFT, _MASK)),
@@ -788,7 +803,7 @@ def _int_ce_w_cf(z: Array, label: Array) -> Array:
 
 register(
     Derivation(
-        name="softmax_cross_entropy_with_integer_labels[class_weights,z_loss,ignore_index]",
+        name="softmax_cross_entropy_with_integer_labels[weighted]",
         formula="dL/dz = w_y (softmax(z) - onehot(y)) + 2 z_loss lse(z) softmax(z)",
         latex=r"\nabla_z L = w_y(\mathrm{softmax}(z) - e_y)"
         r" + 2\lambda_z\,\mathrm{lse}(z)\,\mathrm{softmax}(z)",
@@ -804,7 +819,7 @@ register(
             Case("zero class weight", (_logits(np.random.default_rng(2)), 3)),
             Case("-inf logits", (_Z_INF, 0)),
         ),
-        convention="class_weights = [.5, 2, 1, 0, 1.5], z_loss = 0.05; ignored rows: 0.",
+        convention="class_weights = [.5, 2, 1, 0, 1.5], z_loss = 0.05, ignore_index = -100: ignored rows give 0.",
     )
 )
 
@@ -818,7 +833,7 @@ def _softcap_cf(z: Array, label: Array) -> Array:
 
 register(
     Derivation(
-        name="softmax_cross_entropy_with_integer_labels[logit_softcap]",
+        name="softmax_cross_entropy_with_integer_labels[softcap]",
         formula="dL/dz = (1 - tanh^2(z/c)) (softmax(c tanh(z/c)) - onehot(y))",
         latex=r"\nabla_z L = (1 - t^2)\odot(\mathrm{softmax}(c\,t) - e_y),\quad t = \tanh(z/c)",
         function=lambda z, label: jaxent.softmax_cross_entropy_with_integer_labels(
@@ -887,7 +902,9 @@ register(
         plain=_sbce_plain,
         argnums=(0, 1, 2),
         sample=lambda rng: (_logits(rng), rng.uniform(size=K), rng.uniform(0.5, 3.0, size=K)),
-        edge_cases=(Case("saturated", (_Z_SAT, np.array([1.0, 0.0, 0.0, 1.0, 0.5]), np.full(K, 2.0))),),
+        edge_cases=(
+            Case("saturated", (_Z_SAT, np.array([1.0, 0.0, 0.0, 1.0, 0.5]), np.full(K, 2.0))),
+        ),
         convention="elementwise, summed; dL/dy = w softplus(-z) - softplus(z), dL/dw = y softplus(-z).",
     )
 )
@@ -947,6 +964,7 @@ def _smoothed(label: Array, eps: Array, convention: str) -> Array:
 def _ls_ce_cf(convention: str) -> Callable[..., tuple[Array, Array]]:
     def cf(z: Array, label: Array, eps: Array) -> tuple[Array, Array]:
         ls = jaxent.log_softmax(z)
+        ls = jnp.where(ls > -jnp.inf, ls, 0.0)  # convention: a -inf class adds 0 to dL/deps
         dy = _smoothed(label, 1.0, convention) - _smoothed(label, 0.0, convention)
         return jaxent.softmax(z) - _smoothed(label, eps, convention), -jnp.sum(dy * ls)
 
@@ -988,7 +1006,10 @@ for _conv, _tex in (
                 ),
                 Case("eps = 0", (_Z_GAP, 1, 0.0)),
             ),
-            convention=f"integer labels, convention={_conv!r}.",
+            convention=(
+                f"integer labels, convention={_conv!r}; a class with log p = -inf adds 0"
+                " to dL/deps (L is +inf there for every eps > 0)."
+            ),
         )
     )
 
@@ -1007,9 +1028,7 @@ register(
             z, y, 0.1, class_weights=jnp.asarray(_CW)
         ),
         closed_form=_cf(_ls_soft_cf),
-        plain=lambda z, y: -jnp.sum(
-            jnp.asarray(_CW) * (0.9 * y + 0.1 / K) * _plain_log_softmax(z)
-        ),
+        plain=lambda z, y: -jnp.sum(jnp.asarray(_CW) * (0.9 * y + 0.1 / K) * _plain_log_softmax(z)),
         argnums=(0,),
         sample=lambda rng: (_logits(rng), _probs(rng)),
         convention="eps = 0.1 (uniform), class_weights = [.5, 2, 1, 0, 1.5].",
@@ -1115,8 +1134,10 @@ register(
         formula="dL/dh = W g ; dL/dW = h g^T ; g = p (1 + 2 lam lse) - (1 - eps) e_y - eps/V",
         latex=r"g = p(1 + 2\lambda\,\mathrm{lse}) - (1-\varepsilon)e_y - \frac{\varepsilon}{V},"
         r"\quad \nabla_h L = W g,\quad \nabla_W L = h g^\top",
-        function=lambda h, w, label: _large_vocab.linear_cross_entropy(
-            h, w, label, label_smoothing=_EPS_LV, z_loss=_ZL_LV, block_size=2
+        function=jax.jit(
+            lambda h, w, label: jaxent.linear_cross_entropy(
+                h, w, label, label_smoothing=_EPS_LV, z_loss=_ZL_LV, block_size=2
+            )
         ),
         closed_form=_cf(_linear_cf),
         plain=lambda h, w, label: _lv_plain_from_logits(h @ w, label),
@@ -1133,11 +1154,12 @@ def _tp_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+@jax.jit  # compiled once: shard_map is slow to run op by op
 def _vp_ce(z: Array, label: Array) -> Array:
     from jax.sharding import PartitionSpec as P
 
     f = jax.shard_map(
-        lambda zz, yy: _large_vocab.vocab_parallel_cross_entropy(
+        lambda zz, yy: jaxent.vocab_parallel_cross_entropy(
             zz, yy, "tp", label_smoothing=_EPS_LV, z_loss=_ZL_LV
         ),
         mesh=_tp_mesh(),
@@ -1159,6 +1181,37 @@ register(
         argnums=(0,),
         sample=lambda rng: (_logits(rng), rng.integers(0, K)),
         convention="shard_map over a 1-device mesh; eps = 0.1, z_loss = 0.05.",
+        forward_mode=False,
+    )
+)
+
+
+@jax.jit
+def _vp_linear_ce(h: Array, w: Array, label: Array) -> Array:
+    from jax.sharding import PartitionSpec as P
+
+    f = jax.shard_map(
+        lambda hh, ww, yy: jaxent.vocab_parallel_linear_cross_entropy(
+            hh, ww, yy, "tp", label_smoothing=_EPS_LV, z_loss=_ZL_LV, block_size=2
+        ),
+        mesh=_tp_mesh(),
+        in_specs=(P(), P(None, "tp"), P()),
+        out_specs=P(),
+    )
+    return f(h[None], w, jnp.reshape(label, (1,)))[0]
+
+
+register(
+    Derivation(
+        name="vocab_parallel_linear_cross_entropy",
+        formula="dL/dh = W g ; dL/dW = h g^T (as linear_cross_entropy)",
+        latex=REGISTRY["linear_cross_entropy"].latex,
+        function=_vp_linear_ce,
+        closed_form=_cf(_linear_cf),
+        plain=lambda h, w, label: _lv_plain_from_logits(h @ w, label),
+        argnums=(0, 1),
+        sample=lambda rng: (rng.normal(size=_D), rng.normal(size=(_D, K)), rng.integers(0, K)),
+        convention="shard_map over a 1-device mesh; eps = 0.1, z_loss = 0.05, block_size = 2.",
         forward_mode=False,
     )
 )

@@ -1,0 +1,1 @@
+"""Benchmarks of jaxent against its peers; see benchmarks/README.md."""

@@ -1,0 +1,146 @@
+"""Linear cross-entropy: time and memory against the materialised logits.
+
+* ``lce/fwdbwd/...``: ``jaxent.linear_cross_entropy`` (default block size)
+  against ``softmax_cross_entropy_with_integer_labels(hidden @ weight)`` (the
+  materialised version, autodiff through the matmul), forward+backward with
+  respect to hidden and weight, with XLA's compiled memory analysis and the
+  measured growth of the resident set during one call.
+* ``lce_block/...``: the block-size sweep the default was chosen from.
+* ``lce_memory_curve/...``: compiled peak memory against V at a fixed block
+  size (compile only, no execution): flat for the linear version, linear in V
+  for the materialised one. ``python -m benchmarks --memory-curve`` runs it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxent
+from benchmarks._harness import Case, Impl, compiled_memory, register
+from jaxent._large_vocab import DEFAULT_BLOCK_SIZE
+
+FULL = (8192, 512, 65536)
+SWEEP = (2048, 512, 65536)
+QUICK = (64, 16, 1024)
+BLOCKS = [512, 1024, 2048, 4096, 8192]
+CURVE_V = [8192, 16384, 32768, 65536, 131072, 262144]
+CURVE_BLOCK = 2048
+MiB = 1024 * 1024
+
+
+def _problem(n: int, d: int, v: int, dtype: Any = jnp.float32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    k1, k2 = jax.random.split(jax.random.key(int(rng.integers(1 << 31))))
+    h = jax.random.normal(k1, (n, d), jnp.float32).astype(dtype)
+    w = (jax.random.normal(k2, (d, v), jnp.float32) / np.sqrt(d)).astype(dtype)
+    y = jnp.asarray(rng.integers(0, v, n), jnp.int32)
+    return h, w, y
+
+
+def _linear_fwdbwd(block_size: int | None):
+    def total(h, w, y):
+        return jnp.sum(jaxent.linear_cross_entropy(h, w, y, block_size=block_size))
+
+    return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+
+
+def _materialised_fwdbwd():
+    def total(h, w, y):
+        return jnp.sum(jaxent.softmax_cross_entropy_with_integer_labels(h @ w, y))
+
+    return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+
+
+def _lce_impls(quick: bool) -> dict[str, Impl]:
+    args = _problem(*(QUICK if quick else FULL))
+    return {
+        "jaxent": Impl(_linear_fwdbwd(None), args),
+        "materialised": Impl(_materialised_fwdbwd(), args),
+    }
+
+
+def _sweep_impls(quick: bool) -> dict[str, Impl]:
+    n, d, v = QUICK if quick else SWEEP
+    args = _problem(n, d, v)
+    impls = {"jaxent": Impl(_linear_fwdbwd(None), args)}
+    for b in BLOCKS if not quick else [64, 256]:
+        if b != DEFAULT_BLOCK_SIZE:
+            impls[f"block_{b}"] = Impl(_linear_fwdbwd(b), args)
+    return impls
+
+
+def _sweep_metrics(result: dict[str, Any], quick: bool) -> dict[str, Any]:
+    impls = result["impls"]
+    best = min(r["median_s"] for r in impls.values())
+    out = {}
+    for name, r in impls.items():
+        b = DEFAULT_BLOCK_SIZE if name == "jaxent" else int(name.split("_")[1])
+        out[f"block {b}"] = {
+            "time_vs_fastest": round(r["median_s"] / best, 3),
+            "temp_MiB": round(r["memory"].get("temp_bytes", 0) / MiB, 1),
+        }
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0].split()[1])))
+
+
+def _curve_metrics(result: dict[str, Any], quick: bool) -> dict[str, Any]:
+    n, d = (QUICK[0], QUICK[1]) if quick else (FULL[0], FULL[1])
+    vs = [256, 512, 1024, 2048] if quick else CURVE_V
+    block = 64 if quick else CURVE_BLOCK
+    curve: dict[str, list[float]] = {
+        "V": vs,
+        "linear_temp_MiB": [],
+        "linear_peak_MiB": [],
+        "materialised_temp_MiB": [],
+        "materialised_peak_MiB": [],
+    }
+    for v in vs:
+        # Shapes only: nothing is allocated or run.
+        args = (
+            jax.ShapeDtypeStruct((n, d), jnp.float32),
+            jax.ShapeDtypeStruct((d, v), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.int32),
+        )
+        for key, fn in (("linear", _linear_fwdbwd(block)), ("materialised", _materialised_fwdbwd())):
+            _, mem = compiled_memory(fn, args)
+            curve[f"{key}_temp_MiB"].append(round(mem["temp_bytes"] / MiB, 1))
+            curve[f"{key}_peak_MiB"].append(round(mem["peak_bytes"] / MiB, 1))
+    curve["block_size"] = block
+    curve["N"], curve["D"] = n, d
+    return curve
+
+
+n, d, v = FULL
+register(
+    Case(
+        f"lce/fwdbwd/{n}x{d}x{v}/float32",
+        _lce_impls,
+        description="linear cross-entropy vs materialised logits, fwd+bwd (hidden, weight)",
+        repeats=2,
+        memory=True,
+        targets={"materialised": 1.3},
+        memory_targets={"materialised": 1 / 8},
+    )
+)
+n, d, v = SWEEP
+register(
+    Case(
+        f"lce_block/fwdbwd/{n}x{d}x{v}/float32",
+        _sweep_impls,
+        description=f"linear cross-entropy block-size sweep (default {DEFAULT_BLOCK_SIZE})",
+        repeats=2,
+        memory=True,
+        metrics=_sweep_metrics,
+    )
+)
+register(
+    Case(
+        f"lce_memory_curve/fwdbwd/{FULL[0]}x{FULL[1]}xV/float32",
+        lambda quick: {},
+        description=f"compiled memory vs V at block_size={CURVE_BLOCK} (compile only)",
+        metrics=_curve_metrics,
+    )
+)
