@@ -169,10 +169,12 @@ def time_interleaved(
     results: dict[str, dict[str, Any]] = {}
     for name, impl in impls.items():
         t0 = time.perf_counter()
-        fn, mem = compiled_memory(impl.fn, impl.args) if impl.framework == "jax" else (impl.fn, None)
+        fn, mem = (
+            compiled_memory(impl.fn, impl.args) if impl.framework == "jax" else (impl.fn, None)
+        )
         compile_s = time.perf_counter() - t0
         args = impl.args
-        runners[name] = (lambda f=fn, a=args: f(*a))
+        runners[name] = lambda f=fn, a=args: f(*a)
         entry: dict[str, Any] = {"framework": impl.framework, "compile_s": compile_s}
         if memory:
             # The warm-up call, with its peak RSS growth sampled.

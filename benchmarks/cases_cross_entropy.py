@@ -47,7 +47,7 @@ def _labels(n: int, v: int, seed: int = 1) -> jax.Array:
 
 def _torch(x: jax.Array) -> Any:
     if x.dtype == jnp.bfloat16:
-        return torch.from_numpy(np.asarray(x.astype(jnp.float32))).to(torch.bfloat16)
+        return torch.from_numpy(np.array(x.astype(jnp.float32))).to(torch.bfloat16)
     return torch.from_numpy(np.array(x))
 
 
@@ -110,6 +110,7 @@ def _register_ce() -> None:
                         f"ce_int/{mode}/{n}x{v}/{dtype}",
                         build,
                         description=f"integer-label cross-entropy, {mode}",
+                        repeats=3,
                         targets={"optax": 1.05},
                     )
                 )
@@ -237,6 +238,7 @@ def _register_bandwidth() -> None:
             f"ce_bandwidth/fwdbwd/{n}x{v}/float32",
             _bandwidth_impls,
             description="CE fwd+bwd vs a streaming pass (fraction of memory bandwidth)",
+            repeats=3,
             metrics=_bandwidth_metrics,
         )
     )

@@ -718,9 +718,10 @@ def vocab_parallel_cross_entropy(
       >>> from functools import partial
       >>> import jax, jax.numpy as jnp, jaxent
       >>> from jax.sharding import PartitionSpec as P
-      >>> mesh = jax.make_mesh((1,), ("tp",))
-      >>> f = jax.shard_map(partial(jaxent.vocab_parallel_cross_entropy, axis_name="tp"),
-      ...                   mesh=mesh, in_specs=(P(None, "tp"), P()), out_specs=P())
+      >>> mesh = jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> f = jax.jit(jax.shard_map(
+      ...     partial(jaxent.vocab_parallel_cross_entropy, axis_name="tp"),
+      ...     mesh=mesh, in_specs=(P(None, "tp"), P()), out_specs=P()))
       >>> f(jnp.zeros((2, 4)), jnp.array([0, 3]))
       Array([1.3862944, 1.3862944], dtype=float32)
     """

@@ -43,7 +43,7 @@ def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
     shifted, _, s, _ = row_stats(x, mask, axis)
     ls = log_probs_from_stats(shifted, s)
     keep = (y != 0) & _live(mask, s)
-    return -jnp.sum(jnp.where(keep, y * jnp.where(keep, ls, 0), 0), axis=axis)
+    return jnp.sum(jnp.where(keep, -y * jnp.where(keep, ls, 0), 0), axis=axis)
 
 
 def _live(mask: Array | None, s: Array) -> Array:
@@ -58,7 +58,7 @@ def _softmax_ce_jvp(axis, primals, tangents):
     ls = log_probs_from_stats(shifted, s)
     live = _live(mask, s)
     keep = (y != 0) & live
-    loss = -jnp.sum(jnp.where(keep, y * jnp.where(keep, ls, 0), 0), axis=axis)
+    loss = jnp.sum(jnp.where(keep, -y * jnp.where(keep, ls, 0), 0), axis=axis)
     dloss = None
     if not _checks.is_symbolic_zero(dx):
         p = probs_from_stats(e, s)

@@ -166,7 +166,7 @@ def smooth_labels(
     Example:
       >>> import jaxent, jax.numpy as jnp
       >>> jaxent.smooth_labels(jnp.array([2]), 0.1, num_classes=3)
-      Array([[0.03333334, 0.03333334, 0.9333334 ]], dtype=float32)
+      Array([[0.03333334, 0.03333334, 0.93333334]], dtype=float32)
       >>> jaxent.smooth_labels(jnp.array([2]), 0.1, num_classes=3, convention="off_target")
       Array([[0.05, 0.05, 0.9 ]], dtype=float32)
     """

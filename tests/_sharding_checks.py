@@ -104,9 +104,17 @@ def _public_losses() -> dict[str, tuple[Callable, tuple, tuple[int, ...]]]:
             (np.clip(binary(), 0.01, 0.99), binary()),
             (0,),
         ),
-        "kl_divergence_from_logits": (jaxent.kl_divergence_from_logits, (logits(), logits()), (0, 1)),
+        "kl_divergence_from_logits": (
+            jaxent.kl_divergence_from_logits,
+            (logits(), logits()),
+            (0, 1),
+        ),
         "entropy_from_logits": (jaxent.entropy_from_logits, (logits(),), (0,)),
-        "js_divergence_from_logits": (jaxent.js_divergence_from_logits, (logits(), logits()), (0, 1)),
+        "js_divergence_from_logits": (
+            jaxent.js_divergence_from_logits,
+            (logits(), logits()),
+            (0, 1),
+        ),
         "kl_divergence": (jaxent.kl_divergence, (probs(), probs()), (0, 1)),
         "cross_entropy": (jaxent.cross_entropy, (probs(), probs()), (0, 1)),
         "linear_cross_entropy": (
@@ -300,9 +308,9 @@ def _vp_linear_check(option: str) -> None:
         return jnp.where(ok, loss, 0)
 
     argnums = (0, 1, 2) if use_bias else (0, 1)
-    got, got_g = jax.value_and_grad(
-        lambda h, w, b: jnp.sum(f(h, w, b, y) * cot), argnums=argnums
-    )(h, w, b)
+    got, got_g = jax.value_and_grad(lambda h, w, b: jnp.sum(f(h, w, b, y) * cot), argnums=argnums)(
+        h, w, b
+    )
     for reference in (ref, mat):
         exp, exp_g = jax.value_and_grad(
             lambda h, w, b, r=reference: jnp.sum(r(h, w, b) * cot), argnums=argnums

@@ -93,10 +93,10 @@ def test_check_grads(d):
             full[i] = x
         return d.function(*full)
 
+    # order 1: second derivatives are compared exactly in test_hessian_matches_plain.
     modes = ["fwd", "rev"] if d.forward_mode else ["rev"]
-    order = 2 if d.forward_mode else 1
     jax.test_util.check_grads(
-        f, tuple(args[i] for i in nums), order=order, modes=modes, eps=1e-5, atol=1e-6, rtol=1e-6
+        f, tuple(args[i] for i in nums), order=1, modes=modes, eps=1e-5, atol=1e-6, rtol=1e-6
     )
 
 
@@ -275,7 +275,7 @@ def test_probability_functions_at_zero_probabilities():
         exp_p = np.where(p > 0, beta * np.log(p / m), np.where(q > 0, -beta, 0.0))
     _close(gp, exp_p)
     g = _finite_grads(jaxent.binary_entropy, jnp.array([0.0, 1.0, 0.5]))
-    _close(g, [1.0, -1.0, 0.0])
+    _close(g, np.array([1.0, -1.0, 0.0]), atol=1e-15)
 
 
 def test_kl_from_logits_infinite_rows_have_zero_p_gradient():

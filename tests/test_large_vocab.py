@@ -56,7 +56,13 @@ OPTIONS = {
     "where": {"where": True},
     "z_loss": {"z_loss": 1e-2},
     "softcap": {"logit_softcap": 2.5},
-    "all": {"bias": True, "ignore_index": -100, "where": True, "z_loss": 3e-2, "logit_softcap": 4.0},
+    "all": {
+        "bias": True,
+        "ignore_index": -100,
+        "where": True,
+        "z_loss": 3e-2,
+        "logit_softcap": 4.0,
+    },
 }
 
 
@@ -165,6 +171,7 @@ def test_bfloat16_accumulates_in_float32():
 def test_block_size_invariance_and_leading_dims():
     """Any block size (dividing V or not, larger than V) gives the same loss; [B, T, D] works."""
     h, w, b, y, _ = _problem(5)
+
     def f(h, y, bs):
         return jaxent.linear_cross_entropy(h, w, y, bias=b, block_size=bs)
 
