@@ -214,9 +214,14 @@ def _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis):
 
 def _js_prob_parts(p, q, mask, beta):
     act_p, act_q = support(p, mask), support(q, mask)
-    m = beta * p + (1 - beta) * q
     act_m = act_p | act_q
-    return act_p, act_q, safe_log(p, act_p), safe_log(q, act_q), safe_log(m, act_m)
+    log_p, log_q = safe_log(p, act_p), safe_log(q, act_q)
+    # log m in log space: beta * p + (1 - beta) * q can be subnormal (flushed to
+    # 0 on CPU) for p or q near the smallest normal number, giving JS = +inf.
+    lp = jnp.where(act_p, jnp.log(beta) + log_p, -jnp.inf)
+    lq = jnp.where(act_q, jnp.log1p(-beta) + log_q, -jnp.inf)
+    log_m = jnp.where(act_m, jnp.logaddexp(lp, lq), 0)
+    return act_p, act_q, log_p, log_q, log_m
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))

@@ -4,11 +4,14 @@ Distributions come in the order of the formula (``cross_entropy(p, q)`` is
 :math:`H(p, q)`), in nats by default (``base=2`` for bits, any base > 0, != 1).
 
 Support convention (shared with the divergences): a term :math:`p_i \log(\cdot)`
-with :math:`p_i = 0` is the constant 0: it contributes neither value nor
-gradient (:math:`0 \log 0 = 0`, also where :math:`q_i = 0`). This is what
+with :math:`p_i = 0` is the constant 0 (:math:`0 \log 0 = 0`, also where
+:math:`q_i = 0`), and where its derivative would be singular (the
+:math:`\log p_i` of entropy and KL) its gradient is 0 too. This is what
 autodiff of the ``jnp.where``-cleaned definition gives, keeps every gradient
 finite at zero probabilities, and makes compositions such as
-``entropy(softmax(z))`` NaN-free where ``softmax`` underflows to 0.
+``entropy(softmax(z))`` NaN-free where ``softmax`` underflows to 0. Linear
+terms keep their true derivative: :math:`\partial H(p, q)/\partial p_i = -\log q_i`
+also at :math:`p_i = 0 < q_i`.
 
 ``where`` removes entries from the sums (no renormalisation); a mask of rank
 one less than the input removes whole rows, which give 0.

@@ -54,11 +54,14 @@ from jaxent import _checks
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-#: Default number of vocabulary entries per block. Chosen from
-#: ``python -m benchmarks --only lce_block`` (N=8192, D=512, V=65536, float32,
-#: forward+backward on the 2-core CPU of the project): 512: 1.00x, 1024: 0.99x,
-#: 2048: 0.98x, 4096: 1.00x, 8192: 1.05x the time of the fastest, with the
-#: working memory growing linearly in the block (see benchmarks/README.md).
+#: Default number of vocabulary columns per block. Chosen from the sweep
+#: ``python -m benchmarks --only lce_block`` (forward+backward, D=512,
+#: V=65536, float32, on the project's shared 2-core CPU): for N=512-2048 the
+#: times of blocks 512-4096 agree within the run-to-run noise (about 30% on
+#: that machine; e.g. N=512 minima 0.79/0.84/0.84/0.81 s for 512/1024/2048/4096),
+#: 256 is 1.1-1.5x slower, and the working memory grows linearly with the
+#: block (N * block * 4 bytes per buffer: N=8192 needs 64 MiB of temporaries at
+#: 1024, 128 MiB at 2048). 1024 is the smallest block not measurably slower.
 DEFAULT_BLOCK_SIZE = 1024
 
 

@@ -25,6 +25,7 @@ from jaxent._softmax import (
     prepare_logits,
     probs_from_stats,
     row_stats,
+    weighted_nll,
 )
 
 Array = jax.Array
@@ -40,10 +41,9 @@ def _add(a: Array | None, b: Array) -> Array:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
-    shifted, _, s, _ = row_stats(x, mask, axis)
-    ls = log_probs_from_stats(shifted, s)
-    keep = (y != 0) & _live(mask, s)
-    return jnp.sum(jnp.where(keep, -y * jnp.where(keep, ls, 0), 0), axis=axis)
+    _, _, s, m = row_stats(x, mask, axis)
+    a = jnp.where(_live(mask, s), y, 0)
+    return jnp.squeeze(jnp.where(s > 0, weighted_nll(a, x, m, s, axis), 0), axis)
 
 
 def _live(mask: Array | None, s: Array) -> Array:
@@ -54,11 +54,12 @@ def _live(mask: Array | None, s: Array) -> Array:
 def _softmax_ce_jvp(axis, primals, tangents):
     x, y, mask = primals
     dx, dy, _ = tangents
-    shifted, e, s, _ = row_stats(x, mask, axis)
+    shifted, e, s, m = row_stats(x, mask, axis)
     ls = log_probs_from_stats(shifted, s)
     live = _live(mask, s)
-    keep = (y != 0) & live
-    loss = jnp.sum(jnp.where(keep, -y * jnp.where(keep, ls, 0), 0), axis=axis)
+    loss = jnp.squeeze(
+        jnp.where(s > 0, weighted_nll(jnp.where(live, y, 0), x, m, s, axis), 0), axis
+    )
     dloss = None
     if not _checks.is_symbolic_zero(dx):
         p = probs_from_stats(e, s)
@@ -66,8 +67,9 @@ def _softmax_ce_jvp(axis, primals, tangents):
         sy = jnp.sum(y_kept, axis=axis, keepdims=True)
         dloss = jnp.sum((sy * p - y_kept) * clean_tangent(dx, mask), axis=axis)
     if not _checks.is_symbolic_zero(dy):
-        # dL/dy_i = -log p_i (+inf at a -inf logit, the true value).
-        neg_ls = jnp.where(live, -ls, 0)
+        # dL/dy_i = -log p_i; 0 where p_i = 0 (convention: an impossible class
+        # gets a finite label derivative, so forward mode has no 0 * inf).
+        neg_ls = jnp.where(live & (ls > -jnp.inf), -ls, 0)
         dloss = _add(dloss, jnp.sum(neg_ls * dy, axis=axis))
     if dloss is None:
         dloss = jnp.zeros_like(loss)
@@ -129,15 +131,22 @@ def _softcap(x: Array, cap: Array) -> Array:
     return cap * jnp.tanh(x / cap)
 
 
-@_softcap.defjvp
 def _softcap_jvp(primals, tangents):
     x, cap = primals
     dx, dcap = tangents
     t = jnp.tanh(x / cap)
-    # d/dx c tanh(x/c) = 1 - t^2 ;  d/dc c tanh(x/c) = t - (x/c)(1 - t^2)
     sech2 = 1 - t * t
-    dout = sech2 * dx + (t - jnp.where(sech2 != 0, x / cap * sech2, 0)) * dcap
-    return cap * t, dout
+    dout = None
+    if not _checks.is_symbolic_zero(dx):
+        # d/dx c tanh(x/c) = 1 - t^2
+        dout = sech2 * dx
+    if not _checks.is_symbolic_zero(dcap):
+        # d/dc c tanh(x/c) = t - (x/c)(1 - t^2)
+        dout = _add(dout, (t - jnp.where(sech2 != 0, x / cap * sech2, 0)) * dcap)
+    return cap * t, jnp.zeros_like(x) if dout is None else dout
+
+
+_softcap.defjvp(_softcap_jvp, symbolic_zeros=True)
 
 
 def logit_softcap(logits: ArrayLike, cap: ArrayLike) -> Array:
@@ -327,18 +336,24 @@ def _sigmoid_bce(z: Array, y: Array, pos_weight: Array) -> Array:
     return jnp.where(a != 0, a * sp_pos, 0) + jnp.where(b != 0, b * sp_neg, 0)
 
 
-@_sigmoid_bce.defjvp
 def _sigmoid_bce_jvp(primals, tangents):
     z, y, pos_weight = primals
     dz, dy, dpw = tangents
     loss = _sigmoid_bce(z, y, pos_weight)
-    sp_pos = jax.nn.softplus(z)
-    sp_neg = jax.nn.softplus(-z)
-    # (1 - y) sigma(z) - pw y sigma(-z): no cancellation for large |z|.
-    dz_coef = (1 - y) * jax.nn.sigmoid(z) - pos_weight * y * jax.nn.sigmoid(-z)
-    dy_coef = jnp.where(pos_weight != 0, pos_weight * sp_neg, 0) - sp_pos
-    dpw_coef = jnp.where(y != 0, y * sp_neg, 0)
-    return loss, dz_coef * dz + dy_coef * dy + dpw_coef * dpw
+    dout = None
+    if not _checks.is_symbolic_zero(dz):
+        # (1 - y) sigma(z) - pw y sigma(-z): no cancellation for large |z|.
+        dout = ((1 - y) * jax.nn.sigmoid(z) - pos_weight * y * jax.nn.sigmoid(-z)) * dz
+    if not _checks.is_symbolic_zero(dy):
+        sp_neg = jax.nn.softplus(-z)
+        dy_coef = jnp.where(pos_weight != 0, pos_weight * sp_neg, 0) - jax.nn.softplus(z)
+        dout = _add(dout, dy_coef * dy)
+    if not _checks.is_symbolic_zero(dpw):
+        dout = _add(dout, jnp.where(y != 0, y * jax.nn.softplus(-z), 0) * dpw)
+    return loss, jnp.zeros_like(loss) if dout is None else dout
+
+
+_sigmoid_bce.defjvp(_sigmoid_bce_jvp, symbolic_zeros=True)
 
 
 def sigmoid_binary_cross_entropy(
@@ -399,18 +414,28 @@ def _bce(p: Array, y: Array) -> Array:
     return jnp.where(y != 0, y * nlog_p, 0) + jnp.where(a != 0, a * nlog_1mp, 0)
 
 
-@_bce.defjvp
 def _bce_jvp(primals, tangents):
     p, y = primals
     dp, dy = tangents
-    a = 1 - y
-    # dL/dp = (1 - y)/(1 - p) - y/p, each term 0 where its coefficient is 0.
-    dp_coef = jnp.where(a != 0, a / jnp.where(a != 0, 1 - p, 1), 0) - jnp.where(
-        y != 0, y / jnp.where(y != 0, p, 1), 0
-    )
-    # dL/dy = log(1 - p) - log(p) = -logit(p)
-    dy_coef = jnp.log1p(-p) - jnp.log(p)
-    return _bce(p, y), dp_coef * dp + dy_coef * dy
+    loss = _bce(p, y)
+    dout = None
+    if not _checks.is_symbolic_zero(dp):
+        # dL/dp = (1 - y)/(1 - p) - y/p, each term 0 where its coefficient is 0.
+        a = 1 - y
+        dp_coef = jnp.where(a != 0, a / jnp.where(a != 0, 1 - p, 1), 0) - jnp.where(
+            y != 0, y / jnp.where(y != 0, p, 1), 0
+        )
+        dout = dp_coef * dp
+    if not _checks.is_symbolic_zero(dy):
+        # dL/dy = log(1 - p) - log(p) = -logit(p); 0 at p in {0, 1} (convention:
+        # a finite label derivative at an impossible prediction).
+        inside = (p > 0) & (p < 1)
+        q = jnp.where(inside, p, 0.5)
+        dout = _add(dout, jnp.where(inside, jnp.log1p(-q) - jnp.log(q), 0) * dy)
+    return loss, jnp.zeros_like(loss) if dout is None else dout
+
+
+_bce.defjvp(_bce_jvp, symbolic_zeros=True)
 
 
 def binary_cross_entropy(probs: ArrayLike, labels: ArrayLike) -> Array:

@@ -236,20 +236,21 @@ def _integer_core(
     size 1; ``R`` is the kept classes, without ``y`` when ``exclude_true``.
     An empty row (no kept class, or all logits ``-inf``) gives 0.
     """
-    shifted, _, s, _ = _sm.row_stats(x, mask, axis)
-    lp = _sm.log_probs_from_stats(shifted, s)
-    lp_y = jnp.take_along_axis(lp, y, axis=axis)
+    _, _, s, m = _sm.row_stats(x, mask, axis)
+    # Weight of each class: t on the true class, coef * w_c on the smoothing
+    # classes R; weighted_nll keeps terms exact where x - m overflows.
     sel = _rest_selection(x.shape, y, mask, axis, exclude_true)
-    if w is None:
-        term = lp if sel is None else jnp.where(sel, lp, 0)
-    else:
-        wb = w.reshape(_class_shape(x.ndim, axis, w.shape[0]))
-        nz = wb != 0 if sel is None else sel & (wb != 0)
-        term = jnp.where(nz, wb * jnp.where(nz, lp, 0), 0)
-    rest = jnp.sum(term, axis=axis, keepdims=True)
-    true_part = jnp.where(t != 0, t * jnp.where(t != 0, lp_y, 0), 0)
-    rest_part = jnp.where(coef != 0, coef * rest, 0)
-    return jnp.where(s > 0, -(true_part + rest_part), 0)
+    a = (
+        jnp.broadcast_to(coef, x.shape)
+        if w is None
+        else coef * w.reshape(_class_shape(x.ndim, axis, w.shape[0]))
+    )
+    if sel is not None:
+        a = jnp.where(sel, a, 0)
+    x_y = jnp.take_along_axis(x if mask is None else jnp.where(mask, x, -jnp.inf), y, axis=axis)
+    true_part = t * _sm.safe_log(s) - 2 * jnp.where(t != 0, t * (0.5 * x_y - 0.5 * m), 0)
+    rest_part = jnp.where(coef != 0, _sm.weighted_nll(a, x, m, s, axis), 0)
+    return jnp.where(s > 0, true_part + rest_part, 0)
 
 
 def _rest_selection(
@@ -320,9 +321,8 @@ def _soft_core(x: Array, a: Array, mask: Array | None, axis: int) -> Array:
 
     An empty row (no kept class, or all logits ``-inf``) gives 0.
     """
-    shifted, _, s, _ = _sm.row_stats(x, mask, axis)
-    lp = _sm.log_probs_from_stats(shifted, s)
-    return jnp.where(s > 0, -jnp.sum(_checks.xlogy_safe(a, lp), axis=axis, keepdims=True), 0)
+    _, _, s, m = _sm.row_stats(x, mask, axis)
+    return jnp.where(s > 0, _sm.weighted_nll(a, x, m, s, axis), 0)
 
 
 def _soft_core_jvp(axis, primals, tangents):

@@ -84,6 +84,22 @@ def lse_from_stats(s: Array, m: Array) -> Array:
     return jnp.log(s) + m
 
 
+def weighted_nll(a: Array, x: Array, m: Array, s: Array, axis: int) -> Array:
+    """``-sum_c a_c log softmax(x)_c`` (keepdims) for weights ``a`` that are 0 on removed entries.
+
+    Written as ``(sum a) log s - 2 sum a (x - m)/2``: for ``a >= 0`` both parts
+    are >= 0 (no cancellation), and the halved shift is finite for every finite
+    logit, so a term that is large only because ``x - m`` overflows (logits near
+    the float max, e.g. +-3e38) stays exact. ``0 * log 0 = 0``; weight on a
+    ``-inf`` logit gives ``+inf``. Empty rows (``s = 0``) are the caller's.
+    """
+    active = a != 0
+    half = jnp.where(active, 0.5 * x - 0.5 * m, 0)
+    lin = jnp.sum(jnp.where(active, a * half, 0), axis=axis, keepdims=True)
+    total = jnp.sum(a, axis=axis, keepdims=True)
+    return total * safe_log(s) - 2 * lin
+
+
 def clean_tangent(dx: Array, mask: Array | None) -> Array:
     """Zeroes tangents of removed entries so a NaN there cannot leak."""
     return dx if mask is None else jnp.where(mask, dx, 0)

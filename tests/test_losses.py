@@ -280,3 +280,16 @@ class TestWeightedMean:
     def test_ignores_inf_in_removed_rows(self):
         losses = jnp.array([1.0, jnp.inf, 3.0])
         assert jaxent.weighted_mean(losses, where=np.array([True, False, True])) == 2.0
+
+
+def test_forward_mode_is_nan_free_at_minus_inf_logits():
+    z = jnp.array([1.0, -jnp.inf, 0.5])
+    y = jnp.array([0.7, 0.0, 0.3])
+    jz, jy = jax.jacfwd(jaxent.softmax_cross_entropy, argnums=(0, 1))(z, y)
+    assert np.all(np.isfinite(jz)) and np.all(np.isfinite(jy))
+    np.testing.assert_allclose(jz, sps.softmax([1.0, -np.inf, 0.5]) - y, atol=1e-15)
+    np.testing.assert_allclose(jy, [-sps.log_softmax([1.0, 0.5])[0], 0.0, -sps.log_softmax([1.0, 0.5])[1]])
+    p = jnp.array([0.0, 0.3, 1.0])
+    lab = jnp.array([0.0, 1.0, 1.0])
+    jp, jl = jax.jacfwd(jaxent.binary_cross_entropy, argnums=(0, 1))(p, lab)
+    assert not np.any(np.isnan(jp)) and np.all(np.isfinite(jl))
