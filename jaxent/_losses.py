@@ -67,9 +67,9 @@ def _softmax_ce_jvp(axis, primals, tangents):
         sy = jnp.sum(y_kept, axis=axis, keepdims=True)
         dloss = jnp.sum((sy * p - y_kept) * clean_tangent(dx, mask), axis=axis)
     if not _checks.is_symbolic_zero(dy):
-        # dL/dy_i = -log p_i; 0 where p_i = 0 (convention: an impossible class
+        # dL/dy_i = -log p_i; 0 at a -inf logit (convention: an impossible class
         # gets a finite label derivative, so forward mode has no 0 * inf).
-        neg_ls = jnp.where(live & (ls > -jnp.inf), -ls, 0)
+        neg_ls = jnp.where(live & (x > -jnp.inf), -ls, 0)
         dloss = _add(dloss, jnp.sum(neg_ls * dy, axis=axis))
     if dloss is None:
         dloss = jnp.zeros_like(loss)
