@@ -18,6 +18,8 @@ Adding a case, in a new ``benchmarks/cases_<topic>.py``::
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import statistics
 import threading
@@ -66,6 +68,8 @@ class Case:
       metrics: optional ``metrics(result, quick) -> dict`` run after timing,
         for derived numbers (bandwidth fractions, memory curves...).
       memory_targets: ``{impl: max ratio}`` of compiled peak memory (reference / impl).
+      default: part of a plain run; ``False`` cases (long sweeps) run only when
+        named by ``--only`` or with ``--all``.
     """
 
     name: str
@@ -77,6 +81,7 @@ class Case:
     targets: dict[str, float] = field(default_factory=dict)
     memory_targets: dict[str, float] = field(default_factory=dict)
     metrics: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
+    default: bool = True
 
 
 REGISTRY: dict[str, Case] = {}
@@ -110,8 +115,19 @@ def rss_bytes() -> int:
         return 0
 
 
+def release_memory() -> None:
+    """Returns freed heap memory to the OS (glibc ``malloc_trim``), so that RSS
+    growth is measured from a low baseline rather than from earlier cases' pools."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def peak_rss_growth(thunk: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, int]:
     """Runs ``thunk`` while sampling RSS; returns (its result, peak growth in bytes)."""
+    release_memory()
     base = rss_bytes()
     peak = [base]
     done = threading.Event()

@@ -1,7 +1,7 @@
 """What jaxent, optax and PyTorch return on the inputs that break naive code.
 
 ``python benchmarks/edge_cases.py`` prints a markdown table (pasted into
-``docs/edge_cases.md``): value and gradient of each library on the same edge
+the README's edge-case section): value and gradient of each library on the same edge
 input, next to the exact answer. PyTorch is optional (the column reads
 "n/a" when it is not installed). Runs in float32 unless a row says otherwise.
 """

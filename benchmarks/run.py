@@ -5,8 +5,9 @@ with :func:`benchmarks._harness.register`), runs the selected cases with a
 progress bar, prints a table and writes JSON to ``benchmarks/results/``.
 
 Options: ``--quick`` (tiny shapes, a smoke test), ``--only NAME`` (substring
-of case names, repeatable), ``--memory-curve`` (only the linear cross-entropy
-memory-vs-V curve), ``--list``, ``--out PATH``.
+of case names, repeatable; also selects opt-in cases), ``--all`` (include the
+opt-in cases), ``--memory-curve`` (only the linear cross-entropy memory-vs-V
+curve), ``--list``, ``--out PATH``.
 """
 
 from __future__ import annotations
@@ -113,16 +114,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the memory-vs-V curve of linear cross-entropy",
     )
+    parser.add_argument(
+        "--all", action="store_true", help="also the opt-in cases (e.g. the block-size sweep)"
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args(argv)
 
     modules = discover()
     only = list(args.only) + (["lce_memory_curve"] if args.memory_curve else [])
-    cases = [c for n, c in _harness.REGISTRY.items() if not only or any(o in n for o in only)]
+    cases = [
+        c
+        for n, c in _harness.REGISTRY.items()
+        if (any(o in n for o in only) if only else (c.default or args.all))
+    ]
     if args.list:
         for c in cases:
-            print(f"{c.name:<48} {c.description}")
+            print(f"{c.name:<48} {c.description}{'' if c.default else '  [opt-in]'}")
         return 0
     if not cases:
         print(f"no case matches {only}; see --list", file=sys.stderr)
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
         import torch
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             results["cases"][case.name] = {"error": traceback.format_exc()}
         jax.clear_caches()
     meta["total_s"] = time.perf_counter() - t_start
+    meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     out = args.out
     if out is None:
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2, default=float))
     print(format_table(results))
     print(f"\n{len(cases)} cases in {meta['total_s']:.1f} s; JSON written to {out}")
+    print(f"load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}")
     return 1 if any("error" in r for r in results["cases"].values()) else 0
 
 

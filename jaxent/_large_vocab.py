@@ -54,15 +54,15 @@ from jaxent import _checks
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-#: Default number of vocabulary columns per block. Chosen from the sweep
-#: ``python -m benchmarks --only lce_block`` (forward+backward, D=512,
-#: V=65536, float32, on the project's shared 2-core CPU): for N=512-2048 the
-#: times of blocks 512-4096 agree within the run-to-run noise (about 30% on
-#: that machine; e.g. N=512 minima 0.79/0.84/0.84/0.81 s for 512/1024/2048/4096),
-#: 256 is 1.1-1.5x slower, and the working memory grows linearly with the
-#: block (N * block * 4 bytes per buffer: N=8192 needs 64 MiB of temporaries at
-#: 1024, 128 MiB at 2048). 1024 is the smallest block not measurably slower.
-DEFAULT_BLOCK_SIZE = 1024
+#: Default number of vocabulary columns per block. Measured (forward+backward,
+#: D=512, V=65536, float32, 2-core CPU, quiet machine; ``python -m benchmarks
+#: --only lce_block`` and the notes in benchmarks/README.md): times relative to
+#: the fastest block, N=64: 512 1.16, 1024 1.06, 2048 1.00, 4096 1.06,
+#: 8192 1.18; N=256: 1.05/1.02/1.00/1.06/1.05; N=1024: 256 1.18, 512 1.07,
+#: 1024 1.00, 2048 1.00, 4096 1.03, 8192 1.02; N=8192: 1024 12.8 s, 2048
+#: 12.3 s. 2048 is the fastest or tied everywhere; the working memory is
+#: about two [N, block] float32 buffers (128 MiB at N=8192).
+DEFAULT_BLOCK_SIZE = 2048
 
 
 # --------------------------------------------------------------------------- checks
@@ -512,8 +512,8 @@ def linear_cross_entropy(
       z_loss: :math:`\lambda \ge 0`, coefficient of :math:`\mathrm{lse}^2`.
       logit_softcap: optional :math:`c > 0`; logits become :math:`c\tanh(u/c)`.
       block_size: vocabulary columns per block (default
-        :data:`DEFAULT_BLOCK_SIZE`); larger is faster up to a point, and the
-        working memory grows linearly with it.
+        :data:`DEFAULT_BLOCK_SIZE` = 2048); the working memory grows
+        linearly with it, the speed is flat from about 1024 up on CPU.
 
     Returns:
       Per-example losses of shape ``[N]`` (the shape of ``labels``), in the

@@ -279,5 +279,8 @@ def test_bad_inputs(kwargs, error, match):
         jaxent.linear_cross_entropy(args["hidden"], args["weight"], args["labels"], **kwargs)
 
 
-def test_default_block_size_is_documented():
-    assert isinstance(_large_vocab.DEFAULT_BLOCK_SIZE, int) and _large_vocab.DEFAULT_BLOCK_SIZE > 0
+def test_default_block_size():
+    assert _large_vocab.DEFAULT_BLOCK_SIZE == 2048
+    h, w, _, y, _ = _problem(10, v=3000)  # V > default: two blocks, the last ragged
+    got = jax.jit(lambda h, w: jaxent.linear_cross_entropy(h, w, y))(h, w)
+    _rel_close(got, _materialised(h, w, None, y), 1e-5)

@@ -60,7 +60,7 @@ def _make_dist(draw, k: int) -> np.ndarray:
         x = np.zeros((ROWS, k))
         x[np.arange(ROWS), rng.integers(0, k, ROWS)] = 1.0
     x = x / x.sum(-1, keepdims=True)
-    # XLA on CPU flushes subnormals to zero (docs/edge_cases.md), also in the
+    # XLA on CPU flushes subnormals to zero (README, "Known limits"), also in the
     # intermediates of the references (p / 2): values below 1e-300 are made 0.
     return np.where(x < 1e-300, 0.0, x)
 
