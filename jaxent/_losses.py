@@ -17,6 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxent import _checks
 from jaxent._softmax import (
@@ -193,13 +194,24 @@ def _z_penalty(z_loss, lse):
     return jnp.where(z_loss != 0, z_loss * lse * lse, 0)
 
 
+def _weighted(weight, keep, v):
+    """``weight * v`` on kept rows, 0 elsewhere; ``weight=None`` means 1 on kept rows."""
+    if weight is None:
+        return jnp.where(keep, v, 0)
+    return jnp.where(keep & (weight != 0), weight * v, 0)
+
+
+# ``weight`` is None without class weights (the weight is then ``keep_row``) and
+# ``z_loss`` None when it is a concrete 0: the terms they would add vanish at
+# trace time instead of costing an N x K multiply in the gradient.
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
 def _int_ce(x, labels, weight, keep_row, mask, z_loss, axis):
     ce, lse, empty, *_ = _int_ce_parts(x, labels, mask, axis)
     keep = keep_row & ~empty
-    wce = jnp.where(weight != 0, weight * ce, 0)
-    loss = wce + _z_penalty(z_loss, jnp.where(keep, lse, 0))
-    return jnp.where(keep, loss, 0)
+    loss = _weighted(weight, keep, ce)
+    if z_loss is not None:
+        loss = loss + jnp.where(keep, _z_penalty(z_loss, jnp.where(keep, lse, 0)), 0)
+    return loss
 
 
 def _int_ce_jvp(axis, primals, tangents):
@@ -208,20 +220,26 @@ def _int_ce_jvp(axis, primals, tangents):
     ce, lse, empty, valid, idx, xm, m, s = _int_ce_parts(x, labels, mask, axis)
     keep = keep_row & ~empty
     lse_k = jnp.where(keep, lse, 0)
-    wce = jnp.where(weight != 0, weight * ce, 0)
-    loss = jnp.where(keep, wce + _z_penalty(z_loss, lse_k), 0)
+    loss = _weighted(weight, keep, ce)
+    if z_loss is not None:
+        loss = loss + jnp.where(keep, _z_penalty(z_loss, lse_k), 0)
     dloss = None
     if not _checks.is_symbolic_zero(dx):
-        p = probs_from_stats(jnp.exp(xm - m), s)
-        dx = clean_tangent(dx, mask).astype(p.dtype)
-        # w (p - onehot) + 2 z_loss lse p, zero on removed rows.
-        coef_p = jnp.where(keep, weight + 2 * z_loss * lse_k, 0)
-        coef_y = jnp.where(keep, jnp.where(valid, weight, jnp.nan), 0)
+        # w (p - onehot) + 2 z_loss lse p, zero on removed rows. The row factor
+        # (w + 2 z_loss lse) / s is folded into one scale of exp(x - m): one
+        # multiply per entry.
+        w = jnp.ones_like(lse) if weight is None else weight
+        coef_p = w if z_loss is None else w + 2 * z_loss * lse_k
+        s_r = jnp.squeeze(s, axis)
+        scale = jnp.where(keep, coef_p / jnp.where(keep, s_r, 1), 0)
+        p_scaled = jnp.exp(xm - m) * jnp.expand_dims(scale, axis)
+        dx = clean_tangent(dx, mask).astype(p_scaled.dtype)
+        coef_y = jnp.where(keep, jnp.where(valid, w, jnp.nan), 0)
         dx_y = jnp.squeeze(jnp.take_along_axis(dx, idx, axis=axis), axis)
-        dloss = coef_p * jnp.sum(p * dx, axis=axis) - coef_y * dx_y
-    if not _checks.is_symbolic_zero(dweight):
+        dloss = jnp.sum(p_scaled * dx, axis=axis) - coef_y * dx_y
+    if weight is not None and not _checks.is_symbolic_zero(dweight):
         dloss = _add(dloss, jnp.where(keep, ce, 0) * dweight)
-    if not _checks.is_symbolic_zero(dz_loss):
+    if z_loss is not None and not _checks.is_symbolic_zero(dz_loss):
         dloss = _add(dloss, lse_k * lse_k * dz_loss)
     if dloss is None:
         dloss = jnp.zeros_like(loss)
@@ -319,9 +337,19 @@ def softmax_cross_entropy_with_integer_labels(
         weight = cw.astype(cdt)[jnp.clip(labels, 0, num_classes - 1)]
         weight = jnp.where(keep_row, weight, 0)
     else:
-        weight = keep_row.astype(cdt)
-    z_loss = jnp.asarray(z_loss, cdt)
+        weight = None  # 1 on kept rows
+    z_loss = None if _is_concrete_zero(z_loss) else jnp.asarray(z_loss, cdt)
     return _int_ce(x, labels, weight, keep_row, mask, z_loss, ax).astype(dt)
+
+
+def _is_concrete_zero(v) -> bool:
+    """A value known to be 0 at trace time (a Python or concrete array 0)."""
+    if isinstance(v, jax.core.Tracer):
+        return False
+    try:
+        return bool(np.all(np.asarray(v) == 0))
+    except (TypeError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------- binary
