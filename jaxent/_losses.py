@@ -24,7 +24,6 @@ from jaxent._softmax import (
     clean_tangent,
     log_probs_from_stats,
     prepare_logits,
-    probs_from_stats,
     row_stats,
     weighted_nll,
 )
@@ -40,38 +39,40 @@ def _add(a: Array | None, b: Array) -> Array:
 # --------------------------------------------------------------------------- soft labels
 
 
+def _soft_ce_value(x, y, mask, axis):
+    """Shared primal: (loss, labels on kept entries, row stats)."""
+    shifted, e, s, m = row_stats(x, mask, axis)
+    a = y if mask is None else jnp.where(mask, y, 0)
+    # Empty rows (no class left) give 0: a row-level select, so that no N x K
+    # select stands between the logits and XLA's fused reductions.
+    loss = jnp.squeeze(jnp.where(s > 0, weighted_nll(a, x, m, s, axis), 0), axis)
+    return loss, a, shifted, e, s
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
-    _, _, s, m = row_stats(x, mask, axis)
-    a = jnp.where(_live(mask, s), y, 0)
-    return jnp.squeeze(jnp.where(s > 0, weighted_nll(a, x, m, s, axis), 0), axis)
-
-
-def _live(mask: Array | None, s: Array) -> Array:
-    """Kept entries of rows with a class left: an all ``-inf`` row is an empty row."""
-    return s > 0 if mask is None else mask & (s > 0)
+    return _soft_ce_value(x, y, mask, axis)[0]
 
 
 def _softmax_ce_jvp(axis, primals, tangents):
     x, y, mask = primals
     dx, dy, _ = tangents
-    shifted, e, s, m = row_stats(x, mask, axis)
-    ls = log_probs_from_stats(shifted, s)
-    live = _live(mask, s)
-    loss = jnp.squeeze(
-        jnp.where(s > 0, weighted_nll(jnp.where(live, y, 0), x, m, s, axis), 0), axis
-    )
+    loss, a, shifted, e, s = _soft_ce_value(x, y, mask, axis)
+    live = (s > 0).astype(x.dtype)  # 0 on empty rows: their gradient is 0
     dloss = None
     if not _checks.is_symbolic_zero(dx):
-        p = probs_from_stats(e, s)
-        y_kept = jnp.where(live, y, 0)
-        sy = jnp.sum(y_kept, axis=axis, keepdims=True)
-        dloss = jnp.sum((sy * p - y_kept) * clean_tangent(dx, mask), axis=axis)
+        # (sum y) softmax(z) - y, written as e * (sum y / s) - y with row factors.
+        scale = jnp.sum(a, axis=axis, keepdims=True) * live / jnp.where(s > 0, s, 1)
+        coef = e * scale - a * live
+        dloss = jnp.sum(coef * clean_tangent(dx, mask), axis=axis)
     if not _checks.is_symbolic_zero(dy):
         # dL/dy_i = -log p_i; 0 at a -inf logit (convention: an impossible class
         # gets a finite label derivative, so forward mode has no 0 * inf).
-        neg_ls = jnp.where(live & (x > -jnp.inf), -ls, 0)
-        dloss = _add(dloss, jnp.sum(neg_ls * dy, axis=axis))
+        ls = log_probs_from_stats(shifted, s)
+        keep = (x > -jnp.inf) & (s > 0)
+        if mask is not None:
+            keep = keep & mask
+        dloss = _add(dloss, jnp.sum(jnp.where(keep, -ls, 0) * dy, axis=axis))
     if dloss is None:
         dloss = jnp.zeros_like(loss)
     return loss, dloss

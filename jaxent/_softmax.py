@@ -92,12 +92,18 @@ def weighted_nll(a: Array, x: Array, m: Array, s: Array, axis: int) -> Array:
     logit, so a term that is large only because ``x - m`` overflows (logits near
     the float max, e.g. +-3e38) stays exact. ``0 * log 0 = 0``; weight on a
     ``-inf`` logit gives ``+inf``. Empty rows (``s = 0``) are the caller's.
+
+    No N x K ``select``: the ``-inf`` logits are clamped with ``maximum`` (so
+    ``0 * -inf`` never occurs) and detected with a compare, which XLA fuses
+    into the reductions (a select there forces a materialised buffer on CPU).
     """
-    active = a != 0
-    half = jnp.where(active, 0.5 * x - 0.5 * m, 0)
-    lin = jnp.sum(jnp.where(active, a * half, 0), axis=axis, keepdims=True)
+    lowest = jnp.finfo(x.dtype).min
+    half = jnp.maximum(0.5 * x - 0.5 * m, lowest)
+    lin = jnp.sum(a * half, axis=axis, keepdims=True)
+    on_neg_inf = jnp.sum(a * (x == -jnp.inf).astype(a.dtype), axis=axis, keepdims=True)
     total = jnp.sum(a, axis=axis, keepdims=True)
-    return total * safe_log(s) - 2 * lin
+    out = total * safe_log(s) - 2 * lin
+    return jnp.where(on_neg_inf > 0, jnp.inf, out)
 
 
 def clean_tangent(dx: Array, mask: Array | None) -> Array:

@@ -439,9 +439,9 @@ class TestDerivatives:
             assert "custom_jvp_call" in names
             outer = [v.aval.shape for e in jaxpr.eqns for v in e.outvars]
             assert (4, 6) not in outer
-            if conv == "uniform":  # lse - (1 - eps) z_y - eps mean(z): no class comparison
+            if conv == "uniform":  # lse - (1 - eps) z_y - eps mean(z): no class index grid
                 kernel = jaxpr.eqns[names.index("custom_jvp_call")].params["call_jaxpr"]
-                assert "eq" not in [e.primitive.name for e in kernel.eqns]
+                assert "iota" not in [e.primitive.name for e in kernel.eqns]
 
 
 # --------------------------------------------------------------------------- transforms, numerics
