@@ -41,12 +41,12 @@ def _add(a: Array | None, b: Array) -> Array:
 
 def _soft_ce_value(x, y, mask, axis):
     """Shared primal: (loss, labels on kept entries, row stats)."""
-    shifted, e, s, m = row_stats(x, mask, axis)
+    shifted, _, s, m = row_stats(x, mask, axis)
     a = y if mask is None else jnp.where(mask, y, 0)
     # Empty rows (no class left) give 0: a row-level select, so that no N x K
     # select stands between the logits and XLA's fused reductions.
     loss = jnp.squeeze(jnp.where(s > 0, weighted_nll(a, x, m, s, axis), 0), axis)
-    return loss, a, shifted, e, s
+    return loss, a, shifted, m, s
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -57,13 +57,17 @@ def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
 def _softmax_ce_jvp(axis, primals, tangents):
     x, y, mask = primals
     dx, dy, _ = tangents
-    loss, a, shifted, e, s = _soft_ce_value(x, y, mask, axis)
+    loss, a, shifted, m, s = _soft_ce_value(x, y, mask, axis)
     live = (s > 0).astype(x.dtype)  # 0 on empty rows: their gradient is 0
     dloss = None
     if not _checks.is_symbolic_zero(dx):
-        # (sum y) softmax(z) - y, written as e * (sum y / s) - y with row factors.
-        scale = jnp.sum(a, axis=axis, keepdims=True) * live / jnp.where(s > 0, s, 1)
-        coef = e * scale - a * live
+        # (sum y) softmax(z) - y with row factors; p is recomputed from the row
+        # logsumexp inside the gradient's fusion rather than kept from the
+        # forward reductions (no N x K buffer, no N x K select without a mask).
+        scale = jnp.sum(a, axis=axis, keepdims=True) * live
+        lse = jnp.log(jnp.where(s > 0, s, 1)) + m
+        xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
+        coef = jnp.exp(xm - lse) * scale - a * live
         dloss = jnp.sum(coef * clean_tangent(dx, mask), axis=axis)
     if not _checks.is_symbolic_zero(dy):
         # dL/dy_i = -log p_i; 0 at a -inf logit (convention: an impossible class
