@@ -28,10 +28,7 @@ import jax.numpy as jnp
 from jaxent import _checks
 from jaxent._softmax import (
     clean_tangent,
-    log_probs_from_stats,
     prepare_logits,
-    probs_from_stats,
-    row_stats,
 )
 
 Array = jax.Array
@@ -136,23 +133,38 @@ def entropy(
 # --------------------------------------------------------------------------- entropy from logits
 
 
+def _clamped_log_probs(x: Array, mask: Array | None, axis: int) -> Array:
+    """log softmax with ``-inf`` (removed classes, empty rows) clamped to the lowest float.
+
+    ``exp`` of the clamp is 0, so ``p * log p`` needs no ``select``: XLA then
+    fuses the whole chain into its row reductions (a select on N x K values
+    forces a materialised buffer on CPU).
+    """
+    xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
+    lowest = jnp.finfo(x.dtype).min
+    # Row guards without selects: an empty row's max is clamped to a finite
+    # value and its (zero) sum gets a tiny offset, which leaves every
+    # non-empty row exact (there s >= 1).
+    m = jnp.maximum(jnp.max(xm, axis=axis, keepdims=True), lowest)
+    s = jnp.sum(jnp.exp(xm - m), axis=axis, keepdims=True)
+    lse = m + jnp.log(s + jnp.finfo(x.dtype).tiny)
+    return jnp.maximum(xm - lse, lowest)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _entropy_logits(x: Array, mask: Array | None, axis: int) -> Array:
-    shifted, e, s, _ = row_stats(x, mask, axis)
-    p = probs_from_stats(e, s)
-    ls = log_probs_from_stats(shifted, s)
-    return -jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, ls, 0), 0), axis=axis)
+    ls = _clamped_log_probs(x, mask, axis)
+    return -jnp.sum(jnp.exp(ls) * ls, axis=axis)
 
 
 @_entropy_logits.defjvp
 def _entropy_logits_jvp(axis, primals, tangents):
     x, mask = primals
     dx, _ = tangents
-    shifted, e, s, _ = row_stats(x, mask, axis)
-    p = probs_from_stats(e, s)
-    ls = jnp.where(p > 0, log_probs_from_stats(shifted, s), 0)
+    ls = _clamped_log_probs(x, mask, axis)
+    p = jnp.exp(ls)
     h = -jnp.sum(p * ls, axis=axis)
-    # dH/dz = -p * (log p + H)
+    # dH/dz = -p * (log p + H); p = 0 where log p is clamped, so the product is 0.
     g = -p * (ls + jnp.expand_dims(h, axis))
     return h, jnp.sum(g * clean_tangent(dx, mask), axis=axis)
 
