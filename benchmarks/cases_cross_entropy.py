@@ -93,7 +93,7 @@ def _ce_impls(n: int, v: int, dtype: str, mode: str) -> dict[str, Impl]:
             return F.cross_entropy(z, y, reduction="none")
 
         run = _torch_fwdbwd(tce) if mode == "fwdbwd" else tce
-        impls["torch"] = Impl(run, (_torch(z), torch.from_numpy(np.asarray(y, np.int64))), "torch")
+        impls["torch"] = Impl(run, (_torch(z), torch.from_numpy(np.array(y, np.int64))), "torch")
     return impls
 
 

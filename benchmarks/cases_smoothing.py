@@ -75,10 +75,10 @@ def _impls(n: int, v: int, dtype: str) -> dict[str, Impl]:
     }
     if torch is not None:
         if dtype == "bfloat16":
-            tz = torch.from_numpy(np.asarray(z.astype(jnp.float32))).to(torch.bfloat16)
+            tz = torch.from_numpy(np.array(z.astype(jnp.float32))).to(torch.bfloat16)
         else:
             tz = torch.from_numpy(np.array(z))
-        ty = torch.from_numpy(np.asarray(y, np.int64))
+        ty = torch.from_numpy(np.array(y, np.int64))
 
         def run(z, y):
             z = z.detach().requires_grad_(True)
