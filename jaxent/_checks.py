@@ -72,12 +72,6 @@ def output_dtype(*dtypes: Any) -> Any:
     return jnp.result_type(*dtypes)
 
 
-def upcast(*xs: Array) -> tuple[Array, ...]:
-    """Casts arrays to their common compute dtype (at least float32)."""
-    dt = compute_dtype(*[x.dtype for x in xs])
-    return tuple(x.astype(dt) for x in xs)
-
-
 # --------------------------------------------------------------------------- shapes
 
 
@@ -249,11 +243,6 @@ def check_option(value: Any, name: str, options: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- numerics
-
-
-def xlogy_safe(x: Array, log_y: Array) -> Array:
-    """``x * log_y`` with the convention ``0 * (+-inf) = 0`` (no NaN)."""
-    return jnp.where(x != 0, x * jnp.where(x != 0, log_y, 0), 0)
 
 
 def is_symbolic_zero(t: Any) -> bool:
