@@ -109,15 +109,16 @@ def kl_divergence(
 
 
 def _two_rows(a, b, mask, axis):
+    """Probabilities and log-probabilities of both logits: ``(p, q, log p, log q)``."""
     sa, ea, s_a, _ = row_stats(a, mask, axis)
-    sb, _, s_b, _ = row_stats(b, mask, axis)
-    p = probs_from_stats(ea, s_a)
-    return p, log_probs_from_stats(sa, s_a), log_probs_from_stats(sb, s_b), s_b
+    sb, eb, s_b, _ = row_stats(b, mask, axis)
+    p, q = probs_from_stats(ea, s_a), probs_from_stats(eb, s_b)
+    return p, q, log_probs_from_stats(sa, s_a), log_probs_from_stats(sb, s_b)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _kl_logits(a: Array, b: Array, mask: Array | None, axis: int) -> Array:
-    p, ls_p, ls_q, _ = _two_rows(a, b, mask, axis)
+    p, _, ls_p, ls_q = _two_rows(a, b, mask, axis)
     act = p > 0
     return jnp.sum(jnp.where(act, p * jnp.where(act, ls_p - ls_q, 0), 0), axis=axis)
 
@@ -125,7 +126,7 @@ def _kl_logits(a: Array, b: Array, mask: Array | None, axis: int) -> Array:
 def _kl_logits_jvp(axis, primals, tangents):
     a, b, mask = primals
     da, db, _ = tangents
-    p, ls_p, ls_q, _ = _two_rows(a, b, mask, axis)
+    p, q, ls_p, ls_q = _two_rows(a, b, mask, axis)
     act = p > 0
     delta = jnp.where(act, ls_p - ls_q, 0)
     out = jnp.sum(p * delta, axis=axis)
@@ -139,7 +140,6 @@ def _kl_logits_jvp(axis, primals, tangents):
         dout = jnp.sum(g * clean_tangent(da, mask), axis=axis)
     if not _checks.is_symbolic_zero(db):
         # dD/db = (sum p) softmax(b) - p
-        q = jnp.exp(ls_q)
         sp = jnp.sum(p, axis=axis, keepdims=True)
         t = jnp.sum((sp * q - p) * clean_tangent(db, mask), axis=axis)
         dout = t if dout is None else dout + t
@@ -288,9 +288,7 @@ def js_divergence(
 
 
 def _js_logit_parts(a, b, mask, beta, axis):
-    p, ls_p, ls_q, s_b = _two_rows(a, b, mask, axis)
-    _, eb, _, _ = row_stats(b, mask, axis)
-    q = probs_from_stats(eb, s_b)
+    p, q, ls_p, ls_q = _two_rows(a, b, mask, axis)
     act_p, act_q = p > 0, q > 0
     log_m = jnp.logaddexp(jnp.log(beta) + ls_p, jnp.log1p(-beta) + ls_q)
     log_m = jnp.where(act_p | act_q, log_m, 0)
