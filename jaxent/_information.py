@@ -28,7 +28,9 @@ import jax.numpy as jnp
 from jaxent import _checks
 from jaxent._softmax import (
     clean_tangent,
+    log_row_sum,
     prepare_logits,
+    row_stats,
 )
 
 Array = jax.Array
@@ -140,15 +142,11 @@ def _clamped_log_probs(x: Array, mask: Array | None, axis: int) -> Array:
     fuses the whole chain into its row reductions (a select on N x K values
     forces a materialised buffer on CPU).
     """
+    _, _, s, m = row_stats(x, mask, axis)
+    # Recomputed from x (not row_stats' shift, whose second use XLA would
+    # materialise as an N x K buffer).
     xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
-    lowest = jnp.finfo(x.dtype).min
-    # Row guards without selects: an empty row's max is clamped to a finite
-    # value and its (zero) sum gets a tiny offset, which leaves every
-    # non-empty row exact (there s >= 1).
-    m = jnp.maximum(jnp.max(xm, axis=axis, keepdims=True), lowest)
-    s = jnp.sum(jnp.exp(xm - m), axis=axis, keepdims=True)
-    lse = m + jnp.log(s + jnp.finfo(x.dtype).tiny)
-    return jnp.maximum(xm - lse, lowest)
+    return jnp.maximum(xm - (m + log_row_sum(s)), jnp.finfo(x.dtype).min)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

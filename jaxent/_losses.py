@@ -23,6 +23,7 @@ from jaxent import _checks
 from jaxent._softmax import (
     clean_tangent,
     log_probs_from_stats,
+    log_row_sum,
     prepare_logits,
     row_stats,
     weighted_nll,
@@ -65,7 +66,7 @@ def _softmax_ce_jvp(axis, primals, tangents):
         # logsumexp inside the gradient's fusion rather than kept from the
         # forward reductions (no N x K buffer, no N x K select without a mask).
         scale = jnp.sum(a, axis=axis, keepdims=True) * live
-        lse = jnp.log(jnp.where(s > 0, s, 1)) + m
+        lse = log_row_sum(s) + m
         xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
         coef = jnp.exp(xm - lse) * scale - a * live
         dloss = jnp.sum(coef * clean_tangent(dx, mask), axis=axis)

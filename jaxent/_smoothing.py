@@ -248,7 +248,7 @@ def _integer_core(
     if sel is not None:
         a = jnp.where(sel, a, 0)
     x_y = jnp.take_along_axis(x if mask is None else jnp.where(mask, x, -jnp.inf), y, axis=axis)
-    true_part = t * _sm.safe_log(s) - 2 * jnp.where(t != 0, t * (0.5 * x_y - 0.5 * m), 0)
+    true_part = t * _sm.log_row_sum(s) - 2 * jnp.where(t != 0, t * (0.5 * x_y - 0.5 * m), 0)
     rest_part = jnp.where(coef != 0, _sm.weighted_nll(a, x, m, s, axis), 0)
     return jnp.where(s > 0, true_part + rest_part, 0)
 

@@ -49,34 +49,39 @@ def row_stats(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array, Ar
     Returns:
       ``(shifted, e, s, m)`` with ``shifted = x - m`` (``-inf`` at removed
       entries), ``e = exp(shifted)``, ``s = sum(e)`` and ``m`` the finite row
-      shift (0 for an empty row), the last two with ``keepdims=True``.
+      shift (the lowest float for an empty row), the last two with
+      ``keepdims=True``. A non-empty row has ``s >= 1`` (its max term is 1).
+
+    The row guards here and in the helpers below use ``maximum`` and an
+    offset rather than ``jnp.where``: on CPU a select between two row
+    reductions splits XLA's fused reduction into separate passes.
     """
     if mask is not None:
         x = jnp.where(mask, x, -jnp.inf)
-    m = jnp.max(x, axis=axis, keepdims=True)
-    m = jnp.where(jnp.isfinite(m), m, 0)
+    m = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), jnp.finfo(x.dtype).min)
     shifted = x - m
     e = jnp.exp(shifted)
     s = jnp.sum(e, axis=axis, keepdims=True)
     return shifted, e, s, m
 
 
-def safe_log(s: Array) -> Array:
-    """``log(s)`` for a row sum ``s >= 0``, with ``log 0`` replaced by 0.
+def log_row_sum(s: Array) -> Array:
+    """``log(s)`` for a row sum from ``row_stats``, finite (``log tiny``) for an empty row.
 
-    Used where the row is empty and the caller already has ``-inf`` entries.
+    Exact for every non-empty row (``s >= 1``, so ``s + tiny == s``); used
+    where an empty row's entries are already ``-inf`` or the caller zeroes it.
     """
-    return jnp.log(jnp.where(s > 0, s, 1))
+    return jnp.log(s + jnp.finfo(s.dtype).tiny)
 
 
 def probs_from_stats(e: Array, s: Array) -> Array:
-    """softmax from ``row_stats``; an empty row gives zeros."""
-    return e / jnp.where(s > 0, s, 1)
+    """softmax from ``row_stats``; an empty row gives zeros (``0 / tiny``)."""
+    return e / (s + jnp.finfo(s.dtype).tiny)
 
 
 def log_probs_from_stats(shifted: Array, s: Array) -> Array:
     """log_softmax from ``row_stats``; removed entries and empty rows give ``-inf``."""
-    return shifted - safe_log(s)
+    return shifted - log_row_sum(s)
 
 
 def lse_from_stats(s: Array, m: Array) -> Array:
@@ -102,7 +107,7 @@ def weighted_nll(a: Array, x: Array, m: Array, s: Array, axis: int) -> Array:
     lin = jnp.sum(a * half, axis=axis, keepdims=True)
     on_neg_inf = jnp.sum(a * (x == -jnp.inf).astype(a.dtype), axis=axis, keepdims=True)
     total = jnp.sum(a, axis=axis, keepdims=True)
-    out = total * safe_log(s) - 2 * lin
+    out = total * log_row_sum(s) - 2 * lin
     return jnp.where(on_neg_inf > 0, jnp.inf, out)
 
 
