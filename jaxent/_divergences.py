@@ -111,9 +111,11 @@ def kl_divergence(
 def _two_rows(a, b, mask, axis):
     """Probabilities and log-probabilities of both logits: ``(p, q, log p, log q)``."""
     sa, ea, s_a, _ = row_stats(a, mask, axis)
-    sb, eb, s_b, _ = row_stats(b, mask, axis)
-    p, q = probs_from_stats(ea, s_a), probs_from_stats(eb, s_b)
-    return p, q, log_probs_from_stats(sa, s_a), log_probs_from_stats(sb, s_b)
+    sb, _, s_b, _ = row_stats(b, mask, axis)
+    ls_q = log_probs_from_stats(sb, s_b)
+    # q from log q (not e_b / s_b): recomputed where it is used, so the
+    # backward pass does not keep an N x K buffer of e_b alive.
+    return probs_from_stats(ea, s_a), jnp.exp(ls_q), log_probs_from_stats(sa, s_a), ls_q
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
