@@ -7,7 +7,11 @@ progress bar, prints a table and writes JSON to ``benchmarks/results/``.
 Options: ``--quick`` (tiny shapes, a smoke test), ``--only NAME`` (substring
 of case names, repeatable; also selects opt-in cases), ``--all`` (include the
 opt-in cases), ``--memory-curve`` (only the linear cross-entropy memory-vs-V
-curve), ``--list``, ``--out PATH``.
+curve), ``--no-calibration``, ``--list``, ``--out PATH``.
+
+The noise-calibration cases of the groups the selected cases need run first;
+their band decides which targets are ties. ``python -m benchmarks.report
+RESULTS.json`` turns the JSON into the README's markdown table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import pkgutil
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -62,45 +67,174 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.1f} GiB"
 
 
+def _fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The human-readable report of a run."""
+    """The human-readable report of a run (the README table: ``python -m benchmarks.report``)."""
     lines = []
-    header = f"{'case':<44} {'impl':<12} {'median ms':>10} {'ref/impl':>9}  memory / notes"
+    header = (
+        f"{'case':<44} {'impl':<12} {'median':>10} {'ref/impl [min-max]':>22} "
+        f"{'GB/s':>6} {'temp':>10} {'NxV w':>5}  notes"
+    )
     lines.append(header)
     lines.append("-" * len(header))
     for name, res in results["cases"].items():
         if "error" in res:
-            lines.append(f"{name:<44} ERROR: {res['error'].splitlines()[-1]}")
+            lines.append(f"{name:<44} ERROR: {res['error'].strip().splitlines()[-1]}")
             continue
         first = True
         for impl, r in res["impls"].items():
-            ratio = res["ratios"].get(impl)
-            ratio_s = "ref" if impl == res["reference"] else (f"{ratio:.3f}" if ratio else "")
-            notes = ""
-            mem = r.get("memory")
-            if mem:
-                parts = []
-                if "peak_bytes" in mem:
-                    parts.append(
-                        f"peak {_fmt_bytes(mem['peak_bytes'])} (temp {_fmt_bytes(mem['temp_bytes'])})"
-                    )
-                parts.append(f"rss +{_fmt_bytes(mem['rss_growth_bytes'])}")
-                notes = ", ".join(parts)
+            if impl == res["reference"]:
+                ratio_s = "ref"
+            elif impl in res.get("ratio_stats", {}):
+                st = res["ratio_stats"][impl]
+                ratio_s = f"{st['median']:.3f} [{st['min']:.2f}-{st['max']:.2f}]"
+            else:
+                ratio_s = ""
+            mem = r.get("memory") or {}
+            temp = _fmt_bytes(mem["temp_bytes"]) if "temp_bytes" in mem else ""
+            nv = str(r["nv_writes"]) if "nv_writes" in r else ""
+            gbps = f"{r['gbps']:.1f}" if r.get("gbps") else ""
+            notes = []
+            if "rss_growth_bytes" in mem:
+                notes.append(f"rss +{_fmt_bytes(mem['rss_growth_bytes'])}")
+            if "peak_bytes" in mem:
+                notes.append(f"peak {_fmt_bytes(mem['peak_bytes'])}")
+            if r.get("number", 1) > 1:
+                notes.append(f"x{r['number']}/sample")
             lines.append(
-                f"{name if first else '':<44} {impl:<12} {r['median_s'] * 1e3:>10.2f} {ratio_s:>9}  {notes}"
+                f"{name if first else '':<44} {impl:<12} {_fmt_time(r['median_s']):>10} "
+                f"{ratio_s:>22} {gbps:>6} {temp:>10} {nv:>5}  {', '.join(notes)}"
             )
             first = False
+        for peer, st in res.get("ratio_stats", {}).items():
+            if "|" in peer:
+                lines.append(
+                    f"{'':<44}   vs faster of {peer}: {st['median']:.3f} "
+                    f"[{st['min']:.2f}-{st['max']:.2f}]"
+                )
         for tname, t in res.get("targets", {}).items():
-            mark = "MET" if t["met"] else "MISSED"
-            lines.append(f"{'':<44}   target {tname}: {t['value']:.3f} <= {t['max']} {mark}")
+            band = t.get("band")
+            band_s = f", noise band {band[0]:.2f}-{band[1]:.2f}" if band else ""
+            lines.append(
+                f"{'':<44}   target {tname}: {t['value']:.3f} <= {t['max']}: "
+                f"{t['verdict'].upper()}{band_s}"
+            )
         for k, v in (res.get("metrics") or {}).items():
             if isinstance(v, float):
                 v = f"{v:.3f}"
-            elif isinstance(v, dict):
+            elif isinstance(v, dict | list):
                 v = json.dumps(v)
             lines.append(f"{'' if not first else name:<44}   {k}: {v}")
             first = False
     return "\n".join(lines)
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _mem_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _git() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    out: dict[str, Any] = {"commit": None, "dirty": None}
+    try:
+        out["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        out["dirty"] = bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
+def machine_meta(quick: bool, modules: list[str]) -> dict[str, Any]:
+    """Who, where and what: the header of a run's JSON."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    meta: dict[str, Any] = {
+        "timestamp": now.isoformat(timespec="seconds"),
+        "quick": quick,
+        "modules": modules,
+        "argv": sys.argv[1:],
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "optax": _version("optax"),
+        "numpy": _version("numpy"),
+        "torch": None,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "mem_total_bytes": _mem_total(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "pairs_min": _harness.MIN_PAIRS,
+        "order": "alternating rounds: a, b, ..., b, a, ...",
+        **_git(),
+    }
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        meta["torch"] = torch.__version__
+        meta["torch_threads"] = torch.get_num_threads()
+    return meta
+
+
+def select(only: list[str], all_: bool, calibrate: bool) -> list[_harness.Case]:
+    """The cases to run, noise calibrations of the needed groups first."""
+    chosen = [
+        c
+        for n, c in _harness.REGISTRY.items()
+        if (any(o in n for o in only) if only else (c.default or all_))
+    ]
+    calib = [c for c in chosen if c.calibrates]
+    rest = [c for c in chosen if not c.calibrates]
+    if calibrate:
+        groups = {c.noise for c in rest} | {"jit"} if rest else set()
+        have = {c.calibrates for c in calib}
+        for c in _harness.REGISTRY.values():
+            if c.calibrates in groups - have:
+                calib.append(c)
+                have.add(c.calibrates)
+    return calib + rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,17 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all", action="store_true", help="also the opt-in cases (e.g. the block-size sweep)"
     )
+    parser.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip the noise-calibration cases (targets are then judged on the median alone)",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args(argv)
 
     modules = discover()
     only = list(args.only) + (["lce_memory_curve"] if args.memory_curve else [])
-    cases = [
-        c
-        for n, c in _harness.REGISTRY.items()
-        if (any(o in n for o in only) if only else (c.default or args.all))
-    ]
+    cases = select(only, args.all, not args.no_calibration)
     if args.list:
         for c in cases:
             print(f"{c.name:<48} {c.description}{'' if c.default else '  [opt-in]'}")
@@ -136,48 +271,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no case matches {only}; see --list", file=sys.stderr)
         return 2
 
-    meta = {
-        "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "modules": modules,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        import torch
-
-        meta["torch"] = torch.__version__
-        meta["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        meta["torch"] = None
+    meta = machine_meta(args.quick, modules)
     results: dict[str, Any] = {"meta": meta, "cases": {}}
+    out = args.out
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = RESULTS_DIR / f"{'quick' if args.quick else 'full'}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bands: dict[str, tuple[float, float]] = {}
     t_start = time.perf_counter()
     bar = _progress(cases, desc="benchmarks", unit="case")
     for case in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(case.name)
         try:
-            results["cases"][case.name] = _harness.run_case(case, args.quick)
+            res = _harness.run_case(case, args.quick, bands)
+            if case.calibrates:
+                band = _harness.noise_band(res)
+                if band is not None:
+                    bands[case.calibrates] = band
+            results["cases"][case.name] = res
         except Exception:  # noqa: BLE001 - one failing case must not lose the others
             results["cases"][case.name] = {"error": traceback.format_exc()}
         jax.clear_caches()
-    meta["total_s"] = time.perf_counter() - t_start
+        meta["noise_bands"] = {k: list(v) for k, v in bands.items()}
+        meta["total_s"] = time.perf_counter() - t_start
+        out.write_text(json.dumps(results, indent=1, default=float))  # after every case
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-
-    out = args.out
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = RESULTS_DIR / f"{'quick' if args.quick else 'full'}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float))
+    out.write_text(json.dumps(results, indent=1, default=float))
     print(format_table(results))
     print(f"\n{len(cases)} cases in {meta['total_s']:.1f} s; JSON written to {out}")
     print(f"load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}")
+    print(f"README table: python -m benchmarks.report {out}")
     return 1 if any("error" in r for r in results["cases"].values()) else 0
 
 

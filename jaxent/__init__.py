@@ -23,7 +23,8 @@ from jaxent._divergences import js_divergence_from_logits as js_divergence_from_
 from jaxent._divergences import kl_divergence as kl_divergence
 from jaxent._divergences import kl_divergence_diag_gaussian as kl_divergence_diag_gaussian
 from jaxent._divergences import kl_divergence_from_logits as kl_divergence_from_logits
-from jaxent._divergences import kl_estimate as kl_estimate
+from jaxent._divergences import total_variation as total_variation
+from jaxent._divergences import total_variation_from_logits as total_variation_from_logits
 
 # losses
 from jaxent._losses import binary_cross_entropy as binary_cross_entropy
@@ -47,6 +48,12 @@ from jaxent._large_vocab import (
     vocab_parallel_linear_cross_entropy as vocab_parallel_linear_cross_entropy,
 )
 
+# RL and distillation (issue 12)
+from jaxent._distillation import sparse_kl_divergence as sparse_kl_divergence
+from jaxent._rl import aggregate_loss as aggregate_loss
+from jaxent._rl import kl_estimate as kl_estimate
+from jaxent._rl import log_prob_from_logits as log_prob_from_logits
+
 # derivations and verification (issue 3)
 from jaxent import derivations as derivations
 from jaxent.verify import VerifyResult as VerifyResult
@@ -54,5 +61,12 @@ from jaxent.verify import verify as verify
 
 # checked mode (issue 6)
 from jaxent._checked import checked as checked
+
+# evaluation: Brier score, ensembles, mergeable metrics (issue 11)
+from jaxent._evaluation import brier_score as brier_score
+from jaxent._evaluation import ensemble_log_softmax as ensemble_log_softmax
+from jaxent._evaluation import mutual_information as mutual_information
+from jaxent._evaluation import predictive_entropy as predictive_entropy
+from jaxent import metrics as metrics
 
 __version__ = "0.1.0"

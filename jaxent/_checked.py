@@ -12,9 +12,12 @@ label gives a NaN row, a ``+inf`` logit is outside the domain, ...).
     loss_fn = jaxent.checked(jaxent.softmax_cross_entropy_with_integer_labels)
     loss_fn(logits, labels)  # ValueError: labels[3] = 12 is out of range [0, 10)
 
-It is built on :mod:`jax.experimental.checkify`: every argument of a known
-function is validated by name (a table, :data:`VALIDATORS`, maps each public
-function to its per-argument validators), the failing check reports the
+It is built on :mod:`jax.experimental.checkify`: every argument of a public
+function is validated by what its name means (one list, :data:`BY_ARGUMENT`:
+``logits``, ``labels``, ``p``, ``z_loss``, ``temperature``, ...), with a few
+per-function exceptions where a name means something else (:data:`VALIDATORS`,
+e.g. ``p`` of ``binary_entropy`` is elementwise) or declared next to the
+function as a ``__jaxent_checks__`` attribute. The failing check reports the
 argument and the first offending index, and nothing is computed when the mode
 is off: ``checked(fn, enabled=False)`` returns ``fn`` itself.
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
@@ -86,11 +91,32 @@ def _report(
 
 
 def _entry_mask(ctx: _Ctx, x: Array, axis: int | None) -> Array | None:
-    """The ``where`` mask of the call broadcast to the entries of ``x`` (or ``None``)."""
+    """The ``where`` mask of the call broadcast to the entries of ``x`` (or ``None``).
+
+    A ``where`` that does not fit ``x`` (an argument of another shape) gives
+    ``None``: every entry of ``x`` is checked.
+    """
     where = ctx.get("where")
     if where is None or axis is None:
         return None
-    return _checks.normalize_where(where, x.shape, axis)
+    _checks.check_bool_mask(where)
+    try:
+        return _checks.normalize_where(where, x.shape, axis)
+    except ValueError:
+        return None
+
+
+def _elementwise(ctx: _Ctx, x: Array) -> tuple[Array, Array | None]:
+    """``x`` and the call's ``where`` broadcast together (elementwise arguments)."""
+    where = ctx.get("where")
+    if where is None:
+        return x, None
+    mask = _checks.check_bool_mask(where)
+    try:
+        shape = tuple(np.broadcast_shapes(x.shape, mask.shape))
+    except ValueError:
+        return x, None
+    return jnp.broadcast_to(x, shape), jnp.broadcast_to(mask, shape)
 
 
 def _axis(ctx: _Ctx, x: Array) -> int | None:
@@ -117,13 +143,27 @@ def logits(name: str, x: Array, ctx: _Ctx) -> None:
 
 
 def not_nan(name: str, x: Array, ctx: _Ctx) -> None:
-    """Any real value, including +-inf, but not NaN."""
-    _report(jnp.isnan(x), name, x, "is NaN")
+    """Any real value, including +-inf, but not NaN (entries removed by ``where`` skipped)."""
+    x, mask = _elementwise(ctx, x)
+    _report(_masked(jnp.isnan(x), mask), name, x, "is NaN")
 
 
 def log_density(name: str, x: Array, ctx: _Ctx) -> None:
-    """A log-probability or log-density: not NaN, not ``+inf``."""
-    _report(jnp.isnan(x) | (x == jnp.inf), name, x, "is not a log-probability (NaN or +inf)")
+    """A log-probability or log-density: not NaN, not ``+inf`` (``-inf`` is fine)."""
+    x, mask = _elementwise(ctx, x)
+    bad = _masked(jnp.isnan(x) | (x == jnp.inf), mask)
+    _report(bad, name, x, "is not a log-probability (NaN or +inf)")
+
+
+def sample_log_prob(name: str, x: Array, ctx: _Ctx) -> None:
+    """The log-probability of a sample under the distribution it was drawn from: finite.
+
+    ``-inf`` is impossible for a drawn sample (it has probability > 0); entries
+    removed by ``where`` are skipped.
+    """
+    x, mask = _elementwise(ctx, x)
+    bad = _masked(~jnp.isfinite(x), mask)
+    _report(bad, name, x, "is not the finite log-probability of a drawn sample")
 
 
 def finite(name: str, x: Array, ctx: _Ctx) -> None:
@@ -137,8 +177,24 @@ def positive(name: str, x: Array, ctx: _Ctx) -> None:
 
 
 def nonnegative(name: str, x: Array, ctx: _Ctx) -> None:
-    """A weight: not NaN, >= 0."""
+    """A weight or ``z_loss``: not NaN, >= 0."""
     _report(~(x >= 0), name, x, "must be >= 0 (and not NaN)")
+
+
+def weights_kept(name: str, x: Array, ctx: _Ctx) -> None:
+    """Per-example weights: >= 0, not NaN, on entries kept by ``where``."""
+    x, mask = _elementwise(ctx, x)
+    _report(_masked(~(x >= 0), mask), name, x, "must be >= 0 (and not NaN)")
+
+
+def open_unit_interval(name: str, x: Array, ctx: _Ctx) -> None:
+    """A mixture weight in (0, 1) (``beta`` of the JS divergence)."""
+    _report(~((x > 0) & (x < 1)), name, x, "must be in (0, 1)")
+
+
+def log_base(name: str, x: Array, ctx: _Ctx) -> None:
+    """A logarithm base: finite, > 0 and != 1."""
+    _report(~(jnp.isfinite(x) & (x > 0) & (x != 1)), name, x, "must be finite, > 0 and != 1")
 
 
 def unit_interval(name: str, x: Array, ctx: _Ctx) -> None:
@@ -177,10 +233,11 @@ def distribution(name: str, x: Array, ctx: _Ctx) -> None:
 def _int_labels(num_classes: Callable[[_Ctx], Any], row_mask: Callable[[_Ctx, Array], Any]):
     def validator(name: str, x: Array, ctx: _Ctx) -> None:
         k = num_classes(ctx)
-        ignore = ctx.get("ignore_index")
-        bad = (x < 0) | (x >= k)
+        ignore = _checks.check_ignore_index(ctx.get("ignore_index"))
+        x, valid = _checks.labels_in_range(x, k, name)
+        bad = ~valid
         if ignore is not None:
-            bad = bad & (x != ignore)
+            bad = bad & (x != jnp.asarray(ignore, x.dtype))
         keep = row_mask(ctx, x)
         if keep is not None:
             bad = bad & keep
@@ -208,10 +265,13 @@ def _row_where(ctx: _Ctx, labels: Array) -> Array | None:
     where = ctx.get("where")
     if where is None:
         return None
-    where = jnp.asarray(where)
+    where = _checks.check_bool_mask(where)
     if where.ndim != labels.ndim:  # a mask of classes: every row is kept
         return None
-    return jnp.broadcast_to(where != 0, labels.shape)
+    try:
+        return jnp.broadcast_to(where, labels.shape)
+    except ValueError:
+        return None
 
 
 #: Integer labels of a ``[..., K]`` logits array (``K`` from ``logits.shape[axis]``).
@@ -248,85 +308,89 @@ def _vocab_parallel_labels(name: str, x: Array, ctx: _Ctx) -> None:
     _int_labels(lambda c: v_total, _row_where)(name, x, ctx)
 
 
+def _teacher_indices(name: str, x: Array, ctx: _Ctx) -> None:
+    """Top-k teacher class indices: in ``[0, K)`` with ``K`` from ``student_logits``."""
+    _int_labels(_class_axis_size("student_logits"), lambda c, y: None)(name, x, ctx)
+
+
 _Validator = Callable[[str, Array, _Ctx], None]
 
-_DIST2 = {"p": distribution, "q": distribution}
-_LOGITS2 = {"p_logits": logits, "q_logits": logits}
-
-#: Function name -> {argument name: validator}. Every public function of
-#: jaxent has an entry (a test checks it); arguments not listed are not checked.
-VALIDATORS: dict[str, dict[str, _Validator]] = {
-    # softmax family
-    "softmax": {"logits": logits},
-    "log_softmax": {"logits": logits},
-    "logsumexp": {"logits": logits},
-    "logit": {"p": unit_interval},
-    # information measures
-    "self_information": {"p": unit_interval},
-    "entropy": {"p": distribution},
-    "entropy_from_logits": {"logits": logits},
-    "binary_entropy": {"p": unit_interval},
-    "cross_entropy": _DIST2,
-    # divergences
-    "kl_divergence": _DIST2,
-    "js_divergence": _DIST2,
-    "kl_divergence_from_logits": _LOGITS2,
-    "js_divergence_from_logits": _LOGITS2,
-    "kl_divergence_diag_gaussian": {
-        "mean_p": finite,
-        "std_p": positive,
-        "mean_q": finite,
-        "std_q": positive,
-    },
-    "kl_estimate": {"log_p": log_density, "log_q": log_density},
-    # losses
-    "softmax_cross_entropy": {"logits": logits, "labels": distribution},
-    "softmax_cross_entropy_with_integer_labels": {
-        "logits": logits,
-        "labels": integer_labels,
-        "class_weights": nonnegative,
-    },
-    "sigmoid_binary_cross_entropy": {
-        "logits": not_nan,
-        "labels": unit_interval,
-        "pos_weight": nonnegative,
-    },
-    "binary_cross_entropy": {"probs": unit_interval, "labels": unit_interval},
-    "weighted_mean": {"losses": not_nan, "weights": nonnegative},
-    # label smoothing
-    "smooth_labels": {"labels": _smooth_labels_labels, "epsilon": smoothing_factor},
-    "label_smoothed_cross_entropy": {
-        "logits": logits,
-        "labels": _labels_int_or_dist,
-        "epsilon": smoothing_factor,
-        "class_weights": nonnegative,
-    },
-    "with_label_smoothing": {"epsilon": smoothing_factor},
-    "optimal_logit_gap": {"epsilon": smoothing_factor},
-    # large vocabularies
-    "linear_cross_entropy": {
-        "hidden": finite,
-        "weight": finite,
-        "labels": _linear_labels,
-        "bias": finite,
-        "label_smoothing": smoothing_factor,
-        "z_loss": nonnegative,
-    },
-    "vocab_parallel_cross_entropy": {
-        "logits_shard": logits,
-        "labels": _vocab_parallel_labels,
-        "label_smoothing": smoothing_factor,
-        "z_loss": nonnegative,
-    },
-    "vocab_parallel_linear_cross_entropy": {
-        "hidden": finite,
-        "weight_shard": finite,
-        "labels": _vocab_parallel_labels,
-        "bias_shard": finite,
-        "label_smoothing": smoothing_factor,
-        "z_loss": nonnegative,
-    },
+#: Argument name -> validator: what each argument name means across jaxent.
+#: Every argument of a public function with one of these names is checked
+#: (unless :data:`VALIDATORS` or the function's ``__jaxent_checks__``
+#: overrides it); a new function gets its checks by using these names.
+BY_ARGUMENT: dict[str, _Validator] = {
+    # logits: class-axis rows
+    "logits": logits,
+    "p_logits": logits,
+    "q_logits": logits,
+    "logits_shard": logits,
+    "student_logits": logits,
+    "member_logits": logits,
+    # labels: integer class indices (range) or probability vectors
+    "labels": _labels_int_or_dist,
+    "teacher_indices": _teacher_indices,
+    # probability vectors along the class axis
+    "p": distribution,
+    "q": distribution,
+    # log-probabilities
+    "log_p": sample_log_prob,
+    "log_sampler": sample_log_prob,
+    "log_q": log_density,
+    "teacher_log_probs": log_density,
+    # weights and per-example values
+    "class_weights": nonnegative,
+    "pos_weight": nonnegative,
+    "weights": weights_kept,
+    "losses": not_nan,
+    # hyper-parameters (useful when traced: a schedule)
+    "epsilon": smoothing_factor,
+    "label_smoothing": smoothing_factor,
+    "z_loss": nonnegative,
+    "logit_softcap": positive,
+    "temperature": positive,
+    "beta": open_unit_interval,
+    "base": log_base,
+    # Gaussians, linear heads
+    "mean_p": finite,
+    "mean_q": finite,
+    "std_p": positive,
+    "std_q": positive,
+    "hidden": finite,
+    "weight": finite,
+    "weight_shard": finite,
+    "bias": finite,
+    "bias_shard": finite,
 }
+
+#: Function name -> {argument name: validator}: the exceptions to
+#: :data:`BY_ARGUMENT`, where a name means something else in one function
+#: (``None`` switches a check off).
+VALIDATORS: dict[str, dict[str, _Validator | None]] = {
+    "logit": {"p": unit_interval},
+    "self_information": {"p": unit_interval},
+    "binary_entropy": {"p": unit_interval},
+    "sigmoid_binary_cross_entropy": {"logits": not_nan, "labels": unit_interval},
+    "binary_cross_entropy": {"probs": unit_interval, "labels": unit_interval},
+    "smooth_labels": {"labels": _smooth_labels_labels},
+    "linear_cross_entropy": {"labels": _linear_labels},
+    "vocab_parallel_cross_entropy": {"labels": _vocab_parallel_labels},
+    "vocab_parallel_linear_cross_entropy": {"labels": _vocab_parallel_labels},
+}
+
+
+def validators_of(fn: Any) -> dict[str, _Validator]:
+    """The per-argument validators ``checked`` applies to ``fn``.
+
+    :data:`BY_ARGUMENT` for each parameter of ``fn``, overridden by
+    :data:`VALIDATORS` ``[fn.__name__]`` and then by ``fn.__jaxent_checks__``
+    (a mapping declared next to the function, if any).
+    """
+    params = inspect.signature(fn).parameters
+    table: dict[str, _Validator | None] = {n: BY_ARGUMENT[n] for n in params if n in BY_ARGUMENT}
+    table.update(VALIDATORS.get(getattr(fn, "__name__", ""), {}))
+    table.update(getattr(fn, "__jaxent_checks__", {}))
+    return {n: v for n, v in table.items() if v is not None and n in params}
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -336,21 +400,66 @@ def _lookup(fn: Any) -> tuple[str, dict[str, _Validator]]:
     import jaxent  # the public namespace (imported late: jaxent imports this module)
 
     name = getattr(fn, "__name__", None)
-    if not isinstance(name, str) or name not in VALIDATORS or getattr(jaxent, name, None) is not fn:
-        known = ", ".join(sorted(n for n in VALIDATORS if hasattr(jaxent, n)))
+    public = (
+        isinstance(name, str) and not name.startswith("_") and getattr(jaxent, name, None) is fn
+    )
+    if not public or not inspect.isfunction(fn) or name == "checked":
+        known = ", ".join(
+            sorted(
+                n
+                for n in dir(jaxent)
+                if not n.startswith("_")
+                and inspect.isfunction(getattr(jaxent, n))
+                and n != "checked"
+            )
+        )
         raise ValueError(
             f"jaxent.checked does not know {fn!r}: it validates the arguments of the"
             f" public functions of jaxent by name ({known})."
         )
-    return name, VALIDATORS[name]
+    return name, validators_of(fn)
 
 
 def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
+class _CheckFailed(ValueError):
+    """Raised inside the run-time callback of a failed check (under ``jit``)."""
+
+
+class _DropOwnCallbackLogs(logging.Filter):
+    """Drops JAX's "callback failed" log record (with its long traceback) for our checks.
+
+    JAX logs every exception raised in a ``jax.debug.callback`` before the
+    runtime raises it; for a failed check the user should read the one-line
+    message first, so that record is dropped (only for :class:`_CheckFailed`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, _CheckFailed):
+                return False
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+for _logger in ("jax._src.debugging", "jax._src.callback"):
+    logging.getLogger(_logger).addFilter(_DropOwnCallbackLogs())
+
+
 def _throw(err: checkify.Error) -> None:
-    err.throw()
+    msg = err.get()
+    if msg is None:
+        return
+    first = msg.split("\n", 1)[0]
+    # The runtime wraps the exception in a JaxRuntimeError whose text starts
+    # with XLA's "INTERNAL: CpuCallback error ..." and the Python stack; the
+    # message naming the argument and the index goes to stderr first.
+    sys.stderr.write(f"jaxent.checked: {first}\n")
+    sys.stderr.flush()
+    raise _CheckFailed(f"jaxent.checked: {first}")
 
 
 def checked(
@@ -458,7 +567,11 @@ def checked(
             else:
                 jax.debug.callback(_throw, err)
         else:
-            dyn_names = tuple(k for k, v in arguments.items() if _is_array(v))
+            # Validated arguments and masks are traced; structural ones
+            # (``ignore_index=np.int64(-100)``, ``num_classes``) stay static.
+            dyn_names = tuple(
+                k for k, v in arguments.items() if _is_array(v) and (k in table or k == "where")
+            )
             static = tuple((k, v) for k, v in arguments.items() if k not in dyn_names)
             try:
                 hash(static)

@@ -1,4 +1,4 @@
-r"""Divergences: KL (probabilities and logits), Jensen-Shannon, Gaussian KL, KL estimators.
+r"""Divergences: KL (probabilities and logits), Jensen-Shannon, total variation, Gaussian KL.
 
 Argument order is the order of the formula: ``kl_divergence(p, q)`` is
 :math:`D(p\|q) = \sum_i p_i \log(p_i / q_i)`, the forward KL when ``p`` is
@@ -18,16 +18,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxent import _checks
-from jaxent._information import prepare_probs, safe_log, support
-from jaxent._softmax import (
-    clean_tangent,
-    log_probs_from_stats,
-    prepare_logits,
-    probs_from_stats,
-    row_stats,
-)
+from jaxent._information import prepare_probs, support
+from jaxent._softmax import _softmax as _softmax_inner
+from jaxent._softmax import clean_tangent, dispatch, prepare_logits
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -37,12 +33,39 @@ def _zero_like_or(out: Array, dout: Array | None) -> Array:
     return jnp.zeros_like(out) if dout is None else dout
 
 
+# --------------------------------------------------------------------------- accurate log-ratios
+
+
+def _log_ratio(p: Array, q: Array, active: Array) -> Array:
+    """``log(p / q)`` on active entries (``p > 0``), 0 elsewhere; ``+inf`` where ``q = 0``.
+
+    Formed as scipy's ``rel_entr`` does since gh-20710: ``log1p((p - q) / q)``
+    where ``p / q`` is in (1/2, 2) (``p - q`` is then exact, so the result keeps
+    full relative accuracy when ``p ~ q``), ``log(p / q)`` where the ratio is a
+    normal number, and ``log p - log q`` only where the ratio over- or
+    underflows. ``log p - log q`` lost up to 1e-3 relative when ``p ~ q``.
+    """
+    pc = jnp.where(active, p, 1)
+    qc = jnp.where(active, q, 1)
+    q1 = jnp.where(qc == 0, 1, qc)
+    r = pc / q1
+    near = (r > 0.5) & (r < 2)
+    normal = (r >= jnp.finfo(r.dtype).tiny) & (r <= jnp.finfo(r.dtype).max)
+    out = jnp.where(
+        near,
+        jnp.log1p((pc - q1) / q1),
+        jnp.where(normal, jnp.log(jnp.where(normal, r, 1)), jnp.log(pc) - jnp.log(q1)),
+    )
+    out = jnp.where(qc == 0, jnp.inf, out)
+    return jnp.where(active, out, 0)
+
+
 # --------------------------------------------------------------------------- KL, probabilities
 
 
 def _kl_terms(p, q, mask):
     act = support(p, mask)
-    log_ratio = safe_log(p, act) - safe_log(q, act)
+    log_ratio = _log_ratio(p, q, act)
     return act, log_ratio, jnp.where(act, p * log_ratio, 0)
 
 
@@ -80,13 +103,18 @@ def kl_divergence(
 ) -> Array:
     r"""Kullback-Leibler divergence :math:`D(p\|q) = \sum_i p_i \log\frac{p_i}{q_i}`.
 
+    D(p||q) = sum_i p_i log(p_i / q_i);  dD/dp_i = log(p_i/q_i) + 1,  dD/dq_i = -p_i/q_i.
+
     .. math::
       \frac{\partial D}{\partial p_i} = \log\frac{p_i}{q_i} + 1, \qquad
       \frac{\partial D}{\partial q_i} = -\frac{p_i}{q_i}
       \qquad (p_i > 0;\ \text{both 0 where } p_i = 0)
 
     :math:`D(p\|q) = H(p, q) - H(p) \ge 0` (Gibbs), with equality iff
-    :math:`p = q`; not symmetric. Matches ``scipy.special.rel_entr`` summed.
+    :math:`p = q`; not symmetric. Matches ``scipy.special.rel_entr`` summed,
+    also when :math:`p \approx q`: each term is formed from
+    :math:`\log(p_i/q_i)` (``log1p((p - q)/q)`` near 1), not
+    :math:`\log p_i - \log q_i`. An empty class axis gives 0.
     Note the order differs from optax's ``kl_divergence(log_predictions,
     targets)`` and PyTorch's ``kl_div(input, target)``, which both compute
     :math:`D(\text{target}\|\text{prediction})`.
@@ -100,6 +128,12 @@ def kl_divergence(
 
     Returns:
       Divergences in the promoted floating dtype of ``p`` and ``q``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> d = jaxent.kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), base=2)
+      >>> print(f"{float(d):.6f}")  # 0.5 log2(2) + 0.5 log2(2/3)
+      0.207519
     """
     (p, q), ax, mask, dt = prepare_probs({"p": p, "q": q}, axis, where)
     return _checks.in_base(_kl(p, q, mask, ax), base).astype(dt)
@@ -108,41 +142,84 @@ def kl_divergence(
 # --------------------------------------------------------------------------- KL, logits
 
 
-def _two_rows(a, b, mask, axis):
-    """Probabilities and log-probabilities of both logits: ``(p, q, log p, log q)``."""
-    sa, ea, s_a, _ = row_stats(a, mask, axis)
-    sb, _, s_b, _ = row_stats(b, mask, axis)
-    ls_q = log_probs_from_stats(sb, s_b)
-    # q from log q (not e_b / s_b): recomputed where it is used, so the
-    # backward pass does not keep an N x K buffer of e_b alive.
-    return probs_from_stats(ea, s_a), jnp.exp(ls_q), log_probs_from_stats(sa, s_a), ls_q
+def _masked(x: Array, mask: Array | None) -> Array:
+    return x if mask is None else jnp.where(mask, x, -jnp.inf)
+
+
+def _row_max(x: Array, axis: int) -> Array:
+    return jnp.maximum(
+        jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf), jnp.finfo(x.dtype).min
+    )
+
+
+def _kl_logit_stats(a, b, mask, axis):
+    """``(e_a, s_a, s_b, w, d_ab)`` with ``w = sum e_a (sh_a - sh_b)`` (keepdims).
+
+    ``D = w / s_a + log s_b - log s_a``: three passes over each input (row
+    maxima; the row sums; ``w``) that write nothing of size N x K.
+    ``d_ab = max(sh_a, lowest) - max(sh_b, lowest)`` is finite wherever a
+    logit is ``-inf`` (so ``0 * d_ab = 0`` where ``p = 0``, also where both
+    are ``-inf``); ``w`` gets ``+inf`` from the term ``e_a / (r + 1 - sign
+    e_a)``, ``r = 1 / (max(sh_b, lowest) - sh_b)``, which is ``+inf`` exactly
+    where ``p > 0 = q`` and 0 elsewhere (a NaN logit keeps its NaN).
+
+    Fusion (XLA:CPU, f32 512 x 32768, ``memory_analysis``): a select or a
+    compare inside the third reduction, or a second use of the row maxima's
+    broadcast, makes XLA write 64-256 MiB of N x K temporaries; with the
+    arithmetic guards above and an ``optimization_barrier`` on the maxima the
+    forward's temporary memory is 0.
+    """
+    a, b = _masked(a, mask), _masked(b, mask)
+    m_a, m_b = _row_max(a, axis), _row_max(b, axis)
+    s_a = jnp.sum(jnp.exp(a - m_a), axis=axis, keepdims=True)
+    s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
+    m_a, m_b = jax.lax.optimization_barrier((m_a, m_b))
+    sh_a, sh_b = a - m_a, b - m_b
+    e_a = jnp.exp(sh_a)
+    low = jnp.finfo(a.dtype).min
+    sh_b_c = jnp.maximum(sh_b, low)
+    d_ab = jnp.maximum(sh_a, low) - sh_b_c
+    r = 1 / (sh_b_c - sh_b)
+    inf_term = e_a / (r + (1 - jnp.sign(e_a)))
+    w = jnp.sum(e_a * d_ab + inf_term, axis=axis, keepdims=True)
+    return e_a, s_a, s_b, w, d_ab, sh_b
+
+
+def _kl_logit_value(s_a, s_b, w):
+    # Empty p row (s_a = 0): 0, unless q's row is NaN (s_b * 0 keeps the NaN).
+    safe_a = jnp.where(s_a == 0, 1, s_a)
+    safe_b = jnp.where(s_b == 0, 1, s_b)
+    d = w / safe_a + (jnp.log(safe_b) - jnp.log(safe_a))
+    d = jnp.where(s_b == 0, jnp.inf, d)  # p has mass, q none: +inf
+    return jnp.where(s_a == 0, s_b * 0, d)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _kl_logits(a: Array, b: Array, mask: Array | None, axis: int) -> Array:
-    p, _, ls_p, ls_q = _two_rows(a, b, mask, axis)
-    act = p > 0
-    return jnp.sum(jnp.where(act, p * jnp.where(act, ls_p - ls_q, 0), 0), axis=axis)
+    _, s_a, s_b, w, _, _ = _kl_logit_stats(a, b, mask, axis)
+    return jnp.squeeze(_kl_logit_value(s_a, s_b, w), axis)
 
 
 def _kl_logits_jvp(axis, primals, tangents):
     a, b, mask = primals
     da, db, _ = tangents
-    p, q, ls_p, ls_q = _two_rows(a, b, mask, axis)
-    act = p > 0
-    delta = jnp.where(act, ls_p - ls_q, 0)
-    out = jnp.sum(p * delta, axis=axis)
+    e_a, s_a, s_b, w, d_ab, sh_b = _kl_logit_stats(a, b, mask, axis)
+    d = _kl_logit_value(s_a, s_b, w)
+    out = jnp.squeeze(d, axis)
+    p = e_a / jnp.where(s_a == 0, 1, s_a)
     dout = None
     if not _checks.is_symbolic_zero(da):
         # dD/da = p * (log p - log q - D); a row with D = +inf is locally
         # constant (+inf) and gets gradient 0.
-        d = jnp.expand_dims(out, axis)
         finite = jnp.isfinite(d)
-        g = jnp.where(finite, p * (delta - jnp.where(finite, d, 0)), 0)
+        log_ratio = jnp.log(jnp.where(s_b == 0, 1, s_b)) - jnp.log(jnp.where(s_a == 0, 1, s_a))
+        g = p * (d_ab + log_ratio - jnp.where(finite, d, 0))
+        g = jnp.where(finite, g, 0)
         dout = jnp.sum(g * clean_tangent(da, mask), axis=axis)
     if not _checks.is_symbolic_zero(db):
-        # dD/db = (sum p) softmax(b) - p
-        sp = jnp.sum(p, axis=axis, keepdims=True)
+        # dD/db = (sum p) softmax(b) - p  (= q - p on a non-empty row)
+        q = jnp.exp(sh_b) / jnp.where(s_b == 0, 1, s_b)
+        sp = jnp.where(s_a == 0, 0, 1).astype(q.dtype)
         t = jnp.sum((sp * q - p) * clean_tangent(db, mask), axis=axis)
         dout = t if dout is None else dout + t
     return out, _zero_like_or(out, dout)
@@ -151,12 +228,27 @@ def _kl_logits_jvp(axis, primals, tangents):
 _kl_logits.defjvp(_kl_logits_jvp, symbolic_zeros=True)
 
 
-def _prepare_two_logits(p_logits, q_logits, axis, where):
+def _prepare_two_logits(p_logits, q_logits, axis, where, temperature=None):
     a, ax, mask, dt_a = prepare_logits(p_logits, axis, where, name="p_logits")
     b = _checks.check_floating(q_logits, "q_logits")
     _checks.check_same_shape(a, b, "p_logits", "q_logits")
     cdt = _checks.compute_dtype(a.dtype, b.dtype)
-    return a.astype(cdt), b.astype(cdt), ax, mask, _checks.output_dtype(dt_a, b.dtype)
+    out_dt = _checks.output_dtype(dt_a, b.dtype)
+    a, b = a.astype(cdt), b.astype(cdt)
+    if temperature is not None:
+        t = jnp.asarray(temperature, cdt)
+        a, b = a / t, b / t
+    return a, b, ax, mask, out_dt
+
+
+def _check_temperature(temperature):
+    if temperature is not None:
+        _checks.check_positive(temperature, "temperature")
+
+
+def _kl_from_logits(p_logits, q_logits, where, *, axis, base, temperature):
+    a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
+    return _checks.in_base(_kl_logits(a, b, mask, ax), base).astype(dt)
 
 
 def kl_divergence_from_logits(
@@ -166,8 +258,11 @@ def kl_divergence_from_logits(
     where: ArrayLike | None = None,
     *,
     base: float | None = None,
+    temperature: float | None = None,
 ) -> Array:
-    r""":math:`D(\mathrm{softmax}(a)\|\mathrm{softmax}(b))` from logits ``a``, ``b``.
+    r""":math:`D(\mathrm{softmax}(a/T)\|\mathrm{softmax}(b/T))` from logits ``a``, ``b``.
+
+    D = sum_i p_i (log p_i - log q_i);  dD/db = q - p,  dD/da = p (log p - log q - D).
 
     .. math::
       D = \sum_i p_i(\log p_i - \log q_i), \qquad
@@ -175,9 +270,17 @@ def kl_divergence_from_logits(
       \frac{\partial D}{\partial a} = p \odot (\log p - \log q - D)
 
     (seed 004: equals :math:`H(p, q) - H(p)` computed with two cross-entropy
-    calls). Computed in log space: no ``0 * log 0`` NaN at ``-inf``/masked
+    calls). Computed from the shifted logits in two passes (nothing of size
+    N x K is written in the forward): no ``0 * log 0`` NaN at ``-inf``/masked
     logits; a class with :math:`p_i > 0` and a ``-inf`` ``q`` logit gives
-    ``+inf`` (its gradient in ``a`` is 0: the value is constant there).
+    ``+inf`` (its gradient in ``a`` is 0: the value is constant there). A row
+    where ``p`` has no class left gives 0; a NaN in a kept logit gives NaN
+    (never 0), as does a ``+inf`` logit.
+
+    ``temperature`` divides both logits before the softmax; the result is
+    *not* multiplied by :math:`T^2`. Hinton et al.'s distillation loss scales
+    it by hand: ``T**2 * kl_divergence_from_logits(teacher, student,
+    temperature=T)``.
 
     Args:
       p_logits: logits of :math:`p` (the target / teacher).
@@ -186,58 +289,128 @@ def kl_divergence_from_logits(
       where: optional mask applied to both (rank of the input: classes;
         one less: rows).
       base: log base (``None``: nats, 2: bits).
+      temperature: optional :math:`T > 0` dividing both logits.
 
     Returns:
       Divergences in the promoted dtype of the logits (computed in >= float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> teacher = jnp.array([2.0, 0.0, -2.0])
+      >>> student = jnp.array([0.0, 0.0, 0.0])
+      >>> T = 2.0
+      >>> loss = T**2 * jaxent.kl_divergence_from_logits(teacher, student, temperature=T)
+      >>> print(f"{float(loss):.4f}")
+      1.0649
     """
-    a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where)
-    return _checks.in_base(_kl_logits(a, b, mask, ax), base).astype(dt)
+    _check_temperature(temperature)
+    _checks.log_base(base)
+    return dispatch(
+        _kl_from_logits, p_logits, q_logits, where, axis=axis, base=base, temperature=temperature
+    )
 
 
 # --------------------------------------------------------------------------- Jensen-Shannon
 
 
 def _check_beta(beta):
-    _checks.check_scalar_range(beta, "beta", 0.0, 1.0, low_closed=False, high_closed=False)
+    _checks.check_unit_interval(beta, "beta", high_closed=True)
 
 
-def _js_grads(p, q, log_p, log_q, log_m, beta, act_p, act_q):
-    """Closed-form dJS/dp and dJS/dq under the support convention."""
-    g_p = beta * jnp.where(act_p, log_p - log_m, jnp.where(act_q, -1.0, 0.0))
-    g_q = (1 - beta) * jnp.where(act_q, log_q - log_m, jnp.where(act_p, -1.0, 0.0))
+def _g(x: Array) -> Array:
+    """``(1 + x) log(1 + x) - x >= 0`` for ``x >= -1``, to full relative accuracy.
+
+    A series for ``|x| < 1/64`` (the closed form cancels there); ``g(-1) = 1``.
+    """
+    small = jnp.abs(x) < 1 / 64
+    xs = jnp.where(small, x, 0)
+    # sum_{n >= 2} (-1)^n x^n / (n (n - 1)), Horner, through n = 12.
+    acc = jnp.zeros_like(xs)
+    for n in range(12, 1, -1):
+        acc = xs * (((-1) ** n) / (n * (n - 1)) + acc)
+    series = xs * acc
+    xl = jnp.where(small, 0, x)
+    y = 1 + xl
+    big = jnp.where(y > 0, y * jnp.log1p(jnp.where(y > 0, xl, 0)), 0) - xl
+    return jnp.where(small, series, big)
+
+
+def _js_prob_terms(p, q, mask, beta, normalized):
+    """Per-entry Jensen gaps ``beta p log(p/m) + (1-beta) q log(q/m)`` (each >= 0).
+
+    Written as ``m [beta g((1-beta) u) + (1-beta) g(-beta u)]`` with
+    ``u = (p - q) / m``: both parts are >= 0 and ``p - q`` is exact for close
+    values, so the sum has full relative accuracy when ``p ~ q`` and is exactly
+    0 for ``p = q``. ``normalized`` divides by ``beta (1 - beta)`` (limits at
+    ``beta`` = 0 and 1: the terms of D(p||q) and D(q||p), with their linear
+    parts ``- p + q``).
+    """
+    act_p, act_q = support(p, mask), support(q, mask)
+    both = act_p & act_q
+    big = jnp.where(both, jnp.maximum(p, q), 1)
+    pb = jnp.where(both, p, 1) / big
+    qb = jnp.where(both, q, 1) / big
+    mb = beta * pb + (1 - beta) * qb
+    u = ((jnp.where(both, p, 1) - jnp.where(both, q, 1)) / big) / mb
+    one_m = 1 - beta
+    # g(c u) / c with its limit 0 at c = 0 (normalised form).
+    ga = jnp.where(one_m == 0, 0, _g(one_m * u) / jnp.where(one_m == 0, 1, one_m))
+    gb = jnp.where(beta == 0, 0, _g(-beta * u) / jnp.where(beta == 0, 1, beta))
+    tn_both = big * mb * (ga + gb)
+    # Only p (q = 0): beta p log(1/beta) / (beta (1 - beta)) = p phi(1 - beta), and
+    # symmetrically; phi(c) = -log1p(-c) / c with phi(0) = 1.
+    tn_p = jnp.where(act_p, p, 0) * _phi(one_m)
+    tn_q = jnp.where(act_q, q, 0) * _phi(beta)
+    tn = jnp.where(both, tn_both, jnp.where(act_p, tn_p, jnp.where(act_q, tn_q, 0)))
+    if normalized:
+        return tn
+    w = beta * one_m
+    return jnp.where(w == 0, 0, w * jnp.where(w == 0, 0, tn))
+
+
+def _phi(c: Array) -> Array:
+    safe = jnp.where(c == 0, 0.5, c)
+    return jnp.where(c == 0, 1, -jnp.log1p(-safe) / safe)
+
+
+def _js_prob_grads(p, q, mask, beta, normalized):
+    """dJS/dp and dJS/dq under the support convention (see :func:`js_divergence`)."""
+    act_p, act_q = support(p, mask), support(q, mask)
+    both = act_p & act_q
+    pc, qc = jnp.where(both, p, 1), jnp.where(both, q, 1)
+    one_m = 1 - beta
+    # log(p/m) = -log1p((1-beta)(q-p)/p), log(q/m) = -log1p(beta (p-q)/q): exact 0 at p = q.
+    lpm = -jnp.log1p(one_m * ((qc - pc) / pc))
+    lqm = -jnp.log1p(beta * ((pc - qc) / qc))
+    if normalized:
+        # divided by beta (1 - beta): log(p/m) / (1 - beta) -> (p - q)/p as beta -> 1.
+        gp = jnp.where(one_m == 0, (pc - qc) / pc, lpm / jnp.where(one_m == 0, 1, one_m))
+        gq = jnp.where(beta == 0, (qc - pc) / qc, lqm / jnp.where(beta == 0, 1, beta))
+        only_p_gp = -jnp.log(jnp.where(beta == 0, 1, beta)) / jnp.where(one_m == 0, 1, one_m)
+        only_p_gp = jnp.where(beta == 0, jnp.inf, jnp.where(one_m == 0, 1, only_p_gp))
+        only_q_gq = -jnp.log(jnp.where(one_m == 0, 1, one_m)) / jnp.where(beta == 0, 1, beta)
+        only_q_gq = jnp.where(one_m == 0, jnp.inf, jnp.where(beta == 0, 1, only_q_gq))
+        zero_p, zero_q = -1 / one_m, -1 / beta  # -inf at the endpoint (true value)
+    else:
+        gp, gq = beta * lpm, one_m * lqm
+        only_p_gp = -beta * jnp.log(jnp.where(beta == 0, 1, beta))
+        only_q_gq = -one_m * jnp.log(jnp.where(one_m == 0, 1, one_m))
+        zero_p, zero_q = -beta, -one_m
+    g_p = jnp.where(both, gp, jnp.where(act_p, only_p_gp, jnp.where(act_q, zero_p, 0)))
+    g_q = jnp.where(both, gq, jnp.where(act_q, only_q_gq, jnp.where(act_p, zero_q, 0)))
     return g_p, g_q
 
 
-def _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis):
-    t_p = jnp.where(act_p, p * (log_p - log_m), 0)
-    t_q = jnp.where(act_q, q * (log_q - log_m), 0)
-    return jnp.sum(beta * t_p + (1 - beta) * t_q, axis=axis)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _js(p: Array, q: Array, mask: Array | None, beta: Array, axis: int, normalized: bool):
+    return jnp.sum(_js_prob_terms(p, q, mask, beta, normalized), axis=axis)
 
 
-def _js_prob_parts(p, q, mask, beta):
-    act_p, act_q = support(p, mask), support(q, mask)
-    act_m = act_p | act_q
-    log_p, log_q = safe_log(p, act_p), safe_log(q, act_q)
-    # log m in log space: beta * p + (1 - beta) * q can be subnormal (flushed to
-    # 0 on CPU) for p or q near the smallest normal number, giving JS = +inf.
-    lp = jnp.where(act_p, jnp.log(beta) + log_p, -jnp.inf)
-    lq = jnp.where(act_q, jnp.log1p(-beta) + log_q, -jnp.inf)
-    log_m = jnp.where(act_m, jnp.logaddexp(lp, lq), 0)
-    return act_p, act_q, log_p, log_q, log_m
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _js(p: Array, q: Array, mask: Array | None, beta: Array, axis: int) -> Array:
-    act_p, act_q, log_p, log_q, log_m = _js_prob_parts(p, q, mask, beta)
-    return _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis)
-
-
-def _js_jvp(axis, primals, tangents):
+def _js_jvp(axis, normalized, primals, tangents):
     p, q, mask, beta = primals
     dp, dq, _, _ = tangents
-    act_p, act_q, log_p, log_q, log_m = _js_prob_parts(p, q, mask, beta)
-    out = _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis)
-    g_p, g_q = _js_grads(p, q, log_p, log_q, log_m, beta, act_p, act_q)
+    out = jnp.sum(_js_prob_terms(p, q, mask, beta, normalized), axis=axis)
+    g_p, g_q = _js_prob_grads(p, q, mask, beta, normalized)
     dout = None
     if not _checks.is_symbolic_zero(dp):
         dout = jnp.sum(g_p * dp, axis=axis)
@@ -258,8 +431,13 @@ def js_divergence(
     *,
     base: float | None = None,
     beta: float = 0.5,
+    normalized: bool = False,
 ) -> Array:
     r"""Jensen-Shannon divergence, optionally generalised with a weight :math:`\beta`.
+
+    JS_beta(p, q) = beta D(p||m) + (1 - beta) D(q||m),  m = beta p + (1 - beta) q;
+    normalized=True: JS_beta / (beta (1 - beta)), equal to D(p||q) at beta = 0
+    and D(q||p) at beta = 1.
 
     .. math::
       \mathrm{JS}_\beta(p, q) = \beta D(p\|m) + (1-\beta) D(q\|m), \qquad
@@ -268,49 +446,138 @@ def js_divergence(
     :math:`\beta = 1/2` (default) is the symmetric JS divergence,
     :math:`0 \le \mathrm{JS} \le \log 2`, whose square root (in any base) is
     ``scipy.spatial.distance.jensenshannon``. Other :math:`\beta` give the
-    generalised JSD of on-policy distillation (GKD; Liger Kernel's ``beta``).
-    Closed-form gradient: :math:`\partial/\partial p_i = \beta\log(p_i/m_i)`
-    (:math:`-\beta` where :math:`p_i = 0 < q_i`, support convention).
+    generalised JSD of on-policy distillation (GKD): in GKD's and TRL's
+    ``generalized_jsd_loss`` notation ``p`` is the **teacher** and ``q`` the
+    student, the mixture is :math:`\beta p_T + (1-\beta) p_S`.
+
+    ``normalized=True`` returns :math:`\mathrm{JS}_\beta / (\beta(1-\beta))`,
+    continuous on :math:`\beta \in [0, 1]` with the limits :math:`D(p\|q)`
+    (forward KL, TRL's ``beta=0``) at 0 and :math:`D(q\|p)` (reverse KL,
+    ``beta=1``) at 1. Unnormalised, :math:`\beta` = 0 or 1 gives 0.
+
+    Each entry's term :math:`\beta p_i\log(p_i/m_i) + (1-\beta) q_i\log(q_i/m_i)`
+    is a Jensen gap (>= 0), evaluated as :math:`m[\beta g((1-\beta)u) +
+    (1-\beta) g(-\beta u)]`, :math:`u = (p-q)/m`, :math:`g(x) = (1+x)\log(1+x) - x`:
+    the result is >= 0, exactly 0 for :math:`p = q`, and keeps its relative
+    accuracy when :math:`p \approx q`; :math:`\sqrt{\mathrm{JS}}` is finite
+    with a finite gradient wherever :math:`p \ne q`. Closed-form gradient:
+    :math:`\partial/\partial p_i = \beta\log(p_i/m_i)` (:math:`-\beta` where
+    :math:`p_i = 0 < q_i`, support convention), divided by
+    :math:`\beta(1-\beta)` when normalised.
 
     Args:
-      p: probabilities.
-      q: probabilities, same shape.
+      p: probabilities (the teacher in GKD's notation).
+      q: probabilities, same shape (the student).
       axis: the class axis.
       where: optional mask (rank of ``p``: entries; one less: rows).
       base: log base (``None``: nats, 2: bits).
-      beta: the mixture weight, in (0, 1).
+      beta: the mixture weight, in [0, 1].
+      normalized: divide by :math:`\beta(1-\beta)` (see above).
 
     Returns:
       Divergences in the promoted floating dtype of ``p`` and ``q``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> p, q = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
+      >>> jaxent.js_divergence(p, q, base=2)
+      Array(1., dtype=float32)
+      >>> jaxent.js_divergence(p, p)
+      Array(0., dtype=float32)
     """
     _check_beta(beta)
+    _check_normalized(normalized)
     (p, q), ax, mask, dt = prepare_probs({"p": p, "q": q}, axis, where)
-    out = _js(p, q, mask, jnp.asarray(beta, p.dtype), ax)
+    out = _js(p, q, mask, jnp.asarray(beta, p.dtype), ax, normalized)
     return _checks.in_base(out, base).astype(dt)
 
 
-def _js_logit_parts(a, b, mask, beta, axis):
-    p, q, ls_p, ls_q = _two_rows(a, b, mask, axis)
+def _check_normalized(normalized):
+    if not isinstance(normalized, (bool, np.bool_)):
+        raise TypeError(f"`normalized` must be a Python bool, got {normalized!r}.")
+
+
+def _mix_log_ratio(d: Array, a: Array, normalized: bool) -> Array:
+    """``log((1 - a) + a e^d)`` (``/ a`` when ``normalized``), exact 0 at ``d = 0``.
+
+    ``log(m/p)`` is ``F(log q - log p, 1 - beta)`` and ``log(m/q)`` is
+    ``F(log p - log q, beta)``; ``log1p``/``expm1`` on the side where ``e^d``
+    cannot overflow. Normalised, the limit at ``a = 0`` is ``expm1(d)``.
+    """
+    neg = d <= 0
+    dn = jnp.where(neg, d, 0)
+    dp = jnp.where(neg, 0, d)
+    lo = jnp.log1p(a * jnp.expm1(dn))
+    hi = dp + jnp.log1p((1 - a) * jnp.expm1(-dp))
+    f = jnp.where(neg, lo, hi)
+    if not normalized:
+        return f
+    return jnp.where(a == 0, jnp.expm1(d), f / jnp.where(a == 0, 1, a))
+
+
+def _js_logit_parts(a, b, mask, beta, axis, normalized):
+    """``(p, q, lmp, lmq)``: probabilities and ``log(m/p)``, ``log(m/q)`` (scaled if
+    normalised), 0 off each support."""
+    a, b = _masked(a, mask), _masked(b, mask)
+    sh_a, sh_b = a - _row_max(a, axis), b - _row_max(b, axis)
+    s_a = jnp.sum(jnp.exp(sh_a), axis=axis, keepdims=True)
+    s_b = jnp.sum(jnp.exp(sh_b), axis=axis, keepdims=True)
+    ls_p = sh_a - jnp.log(jnp.where(s_a == 0, 1, s_a))
+    ls_q = sh_b - jnp.log(jnp.where(s_b == 0, 1, s_b))
+    p, q = jnp.exp(ls_p), jnp.exp(ls_q)
     act_p, act_q = p > 0, q > 0
-    log_m = jnp.logaddexp(jnp.log(beta) + ls_p, jnp.log1p(-beta) + ls_q)
-    log_m = jnp.where(act_p | act_q, log_m, 0)
-    log_p = jnp.where(act_p, ls_p, 0)
-    log_q = jnp.where(act_q, ls_q, 0)
-    return p, q, log_p, log_q, log_m, act_p, act_q
+    both = act_p & act_q
+    d = jnp.where(both, ls_q - ls_p, 0)
+    lmp = jnp.where(both, _mix_log_ratio(d, 1 - beta, normalized), 0)
+    lmq = jnp.where(both, _mix_log_ratio(-d, beta, normalized), 0)
+    # 0 * (s_a + s_b) is 0 for every finite row and NaN where a kept logit is
+    # NaN (or +inf): the selects above must not turn a NaN row into a value.
+    nan_guard = jnp.squeeze(0 * (s_a + s_b), axis)
+    return p, q, lmp, lmq, act_p, act_q, both, nan_guard
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _js_logits(a: Array, b: Array, mask: Array | None, beta: Array, axis: int) -> Array:
-    p, q, log_p, log_q, log_m, act_p, act_q = _js_logit_parts(a, b, mask, beta, axis)
-    return _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis)
+def _js_logit_value(p, q, lmp, lmq, act_p, act_q, both, nan_guard, beta, normalized, axis):
+    one_m = 1 - beta
+    if normalized:
+        t = -p * lmp - q * lmq
+        t_p = jnp.where(act_p, p, 0) * _phi(one_m)
+        t_q = jnp.where(act_q, q, 0) * _phi(beta)
+    else:
+        t = -beta * p * lmp - one_m * q * lmq
+        t_p = -beta * jnp.where(act_p, p, 0) * jnp.log(jnp.where(beta == 0, 1, beta))
+        t_q = -one_m * jnp.where(act_q, q, 0) * jnp.log(jnp.where(one_m == 0, 1, one_m))
+    t = jnp.where(both, t, jnp.where(act_p, t_p, jnp.where(act_q, t_q, 0)))
+    # The sum of Jensen gaps is >= 0; rounding cannot make it negative.
+    return jnp.maximum(jnp.sum(t, axis=axis), 0) + nan_guard
 
 
-def _js_logits_jvp(axis, primals, tangents):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _js_logits(a: Array, b: Array, mask: Array | None, beta: Array, axis: int, normalized: bool):
+    parts = _js_logit_parts(a, b, mask, beta, axis, normalized)
+    return _js_logit_value(*parts, beta, normalized, axis)
+
+
+def _js_logits_jvp(axis, normalized, primals, tangents):
     a, b, mask, beta = primals
     da, db, _, _ = tangents
-    p, q, log_p, log_q, log_m, act_p, act_q = _js_logit_parts(a, b, mask, beta, axis)
-    out = _js_value(p, q, log_p, log_q, log_m, beta, act_p, act_q, axis)
-    g_p, g_q = _js_grads(p, q, log_p, log_q, log_m, beta, act_p, act_q)
+    p, q, lmp, lmq, act_p, act_q, both, guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
+    out = _js_logit_value(p, q, lmp, lmq, act_p, act_q, both, guard, beta, normalized, axis)
+    one_m = 1 - beta
+    # dJS/dp_i = beta log(p_i/m_i), dJS/dq_i = (1-beta) log(q_i/m_i) (normalised:
+    # / beta(1-beta)); only the active entries matter (the softmax Jacobian
+    # multiplies by p, resp. q).
+    if normalized:
+        g_p, g_q = -lmp, -lmq
+        only_p = -jnp.log(jnp.where(beta == 0, 1, beta)) / jnp.where(one_m == 0, 1, one_m)
+        only_p = jnp.where(one_m == 0, 1, only_p)
+        only_q = -jnp.log(jnp.where(one_m == 0, 1, one_m)) / jnp.where(beta == 0, 1, beta)
+        only_q = jnp.where(beta == 0, 1, only_q)
+    else:
+        g_p, g_q = -beta * lmp, -one_m * lmq
+        only_p = -beta * jnp.log(jnp.where(beta == 0, 1, beta))
+        only_q = -one_m * jnp.log(jnp.where(one_m == 0, 1, one_m))
+    g_p = jnp.where(both, g_p, jnp.where(act_p, only_p, 0))
+    g_q = jnp.where(both, g_q, jnp.where(act_q, only_q, 0))
     dout = None
     # Chain through the softmax Jacobian: p * (g - <p, g>).
     if not _checks.is_symbolic_zero(da):
@@ -320,10 +587,18 @@ def _js_logits_jvp(axis, primals, tangents):
         gb = q * (g_q - jnp.sum(q * g_q, axis=axis, keepdims=True))
         t = jnp.sum(gb * clean_tangent(db, mask), axis=axis)
         dout = t if dout is None else dout + t
-    return out, _zero_like_or(out, dout)
+    # JS was clamped at 0: where the clamp is active the value is constant.
+    dout = _zero_like_or(out, dout)
+    return out, jnp.where(out > 0, dout, 0)
 
 
 _js_logits.defjvp(_js_logits_jvp, symbolic_zeros=True)
+
+
+def _js_from_logits(p_logits, q_logits, where, *, axis, base, beta, normalized, temperature):
+    a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
+    out = _js_logits(a, b, mask, jnp.asarray(beta, a.dtype), ax, normalized)
+    return _checks.in_base(out, base).astype(dt)
 
 
 def js_divergence_from_logits(
@@ -334,28 +609,176 @@ def js_divergence_from_logits(
     *,
     base: float | None = None,
     beta: float = 0.5,
+    normalized: bool = False,
+    temperature: float | None = None,
 ) -> Array:
-    r"""Jensen-Shannon divergence of :math:`\mathrm{softmax}(a)` and :math:`\mathrm{softmax}(b)`.
+    r"""Jensen-Shannon divergence of :math:`\mathrm{softmax}(a/T)` and :math:`\mathrm{softmax}(b/T)`.
 
-    Same definition and ``beta`` as :func:`js_divergence`; the mixture is
-    formed in log space (``logaddexp``), so it is exact for ``-inf``/masked
-    logits and always finite (:math:`\le \log 2` for :math:`\beta = 1/2`).
+    JS_beta = beta D(p||m) + (1 - beta) D(q||m), m = beta p + (1 - beta) q,
+    p = softmax(a / T), q = softmax(b / T); normalized=True divides by
+    beta (1 - beta) (D(p||q) at beta = 0, D(q||p) at beta = 1).
+
+    .. math::
+      \mathrm{JS}_\beta = \beta D(p\|m) + (1-\beta) D(q\|m), \qquad
+      \log\frac{m_i}{p_i} = \log\big(\beta + (1-\beta)\,e^{\log q_i - \log p_i}\big)
+
+    Same definition, ``beta`` and ``normalized`` as :func:`js_divergence`
+    (``p`` is the teacher in GKD's notation, TRL's ``generalized_jsd_loss``
+    with ``beta=0`` is ``normalized=True, beta=0``: forward KL). The ratios
+    :math:`\log(m_i/p_i) = \log(\beta + (1-\beta)e^{d_i})`,
+    :math:`d_i = \log q_i - \log p_i`, are formed with ``log1p``/``expm1``:
+    exact for ``-inf``/masked logits, exactly 0 for identical logits, never
+    negative (:math:`\le \log 2` for :math:`\beta = 1/2`). ``temperature``
+    divides both logits; the result is not multiplied by :math:`T^2`.
+
+    Args:
+      p_logits: logits of :math:`p` (the teacher in GKD's notation).
+      q_logits: logits of :math:`q`, same shape (the student).
+      axis: the class axis.
+      where: optional mask applied to both.
+      base: log base (``None``: nats, 2: bits).
+      beta: the mixture weight, in [0, 1].
+      normalized: divide by :math:`\beta(1-\beta)`.
+      temperature: optional :math:`T > 0` dividing both logits.
+
+    Returns:
+      Divergences in the promoted dtype of the logits (computed in >= float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> z = jnp.array([1.0, 2.0, 3.0])
+      >>> jaxent.js_divergence_from_logits(z, z)
+      Array(0., dtype=float32)
+    """
+    _check_beta(beta)
+    _check_normalized(normalized)
+    _check_temperature(temperature)
+    _checks.log_base(base)
+    return dispatch(
+        _js_from_logits,
+        p_logits,
+        q_logits,
+        where,
+        axis=axis,
+        base=base,
+        beta=beta,
+        normalized=bool(normalized),
+        temperature=temperature,
+    )
+
+
+# --------------------------------------------------------------------------- total variation
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _tv(p: Array, q: Array, mask: Array | None, axis: int) -> Array:
+    diff = p - q
+    if mask is not None:
+        diff = jnp.where(mask, diff, 0)
+    return 0.5 * jnp.sum(jnp.abs(diff), axis=axis)
+
+
+def _tv_jvp(axis, primals, tangents):
+    p, q, mask = primals
+    dp, dq, _ = tangents
+    out = _tv(p, q, mask, axis)
+    # d TV = 1/2 sum sign(p - q) (dp - dq); sign(0) = 0 at ties.
+    sgn = 0.5 * jnp.sign(p - q)
+    if mask is not None:
+        sgn = jnp.where(mask, sgn, 0)
+    dout = None
+    if not _checks.is_symbolic_zero(dp):
+        dout = jnp.sum(sgn * dp, axis=axis)
+    if not _checks.is_symbolic_zero(dq):
+        t = -jnp.sum(sgn * dq, axis=axis)
+        dout = t if dout is None else dout + t
+    return out, _zero_like_or(out, dout)
+
+
+_tv.defjvp(_tv_jvp, symbolic_zeros=True)
+
+
+def total_variation(
+    p: ArrayLike, q: ArrayLike, axis: int = -1, where: ArrayLike | None = None
+) -> Array:
+    r"""Total variation distance :math:`\mathrm{TV}(p, q) = \tfrac12\sum_i |p_i - q_i|`.
+
+    TV = 1/2 sum_i |p_i - q_i|;  dTV/dp_i = 1/2 sign(p_i - q_i) = -dTV/dq_i (0 at ties).
+
+    .. math::
+      \mathrm{TV}(p, q) = \frac12 \sum_i |p_i - q_i|, \qquad
+      \frac{\partial \mathrm{TV}}{\partial p_i} = \tfrac12 \operatorname{sign}(p_i - q_i)
+      = -\frac{\partial \mathrm{TV}}{\partial q_i}
+
+    Symmetric, in [0, 1] for probability vectors; Pinsker:
+    :math:`\mathrm{TV} \le \sqrt{D(p\|q)/2}`. At ties :math:`p_i = q_i` the
+    (sub)gradient is 0. Masked entries are left out of the sum.
+
+    Args:
+      p: probabilities.
+      q: probabilities, same shape.
+      axis: the class axis.
+      where: optional mask (rank of ``p``: entries; one less: rows).
+
+    Returns:
+      Distances in the promoted floating dtype of ``p`` and ``q``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.total_variation(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]))
+      Array(0.25, dtype=float32)
+    """
+    (p, q), ax, mask, dt = prepare_probs({"p": p, "q": q}, axis, where)
+    return _tv(p, q, mask, ax).astype(dt)
+
+
+def _tv_from_logits(p_logits, q_logits, where, *, axis, temperature):
+    a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
+    p = _softmax_inner(a, mask, ax)
+    q = _softmax_inner(b, mask, ax)
+    return _tv(p, q, mask, ax).astype(dt)
+
+
+def total_variation_from_logits(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    *,
+    temperature: float | None = None,
+) -> Array:
+    r"""Total variation distance of :math:`\mathrm{softmax}(a/T)` and :math:`\mathrm{softmax}(b/T)`.
+
+    TV = 1/2 sum_i |p_i - q_i|, p = softmax(a / T), q = softmax(b / T).
+
+    .. math::
+      \mathrm{TV} = \frac12 \sum_i |p_i - q_i|, \qquad
+      \frac{\partial \mathrm{TV}}{\partial a} = p \odot (s - \langle p, s\rangle),\
+      s = \tfrac12\operatorname{sign}(p - q)
+
+    The gradient chains the closed form of :func:`total_variation` through
+    the softmax Jacobian. ``-inf``/masked logits are classes of probability
+    0; a fully masked row gives 0.
 
     Args:
       p_logits: logits of :math:`p`.
       q_logits: logits of :math:`q`, same shape.
       axis: the class axis.
       where: optional mask applied to both.
-      base: log base (``None``: nats, 2: bits).
-      beta: the mixture weight, in (0, 1).
+      temperature: optional :math:`T > 0` dividing both logits.
 
     Returns:
-      Divergences in the promoted dtype of the logits (computed in >= float32).
+      Distances in the promoted dtype of the logits (computed in >= float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> a = jnp.array([0.0, -jnp.inf])
+      >>> b = jnp.array([-jnp.inf, 0.0])
+      >>> jaxent.total_variation_from_logits(a, b)
+      Array(1., dtype=float32)
     """
-    _check_beta(beta)
-    a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where)
-    out = _js_logits(a, b, mask, jnp.asarray(beta, a.dtype), ax)
-    return _checks.in_base(out, base).astype(dt)
+    _check_temperature(temperature)
+    return dispatch(_tv_from_logits, p_logits, q_logits, where, axis=axis, temperature=temperature)
 
 
 # --------------------------------------------------------------------------- Gaussian
@@ -370,6 +793,8 @@ def kl_divergence_diag_gaussian(
 ) -> Array:
     r"""Closed-form KL between diagonal Gaussians, summed over ``axis``.
 
+    D = sum [log(s_q / s_p) + (s_p^2 + (mu_p - mu_q)^2) / (2 s_q^2) - 1/2].
+
     .. math::
       D(\mathcal N(\mu_p,\sigma_p^2)\|\mathcal N(\mu_q,\sigma_q^2)) =
       \sum \Big[\log\frac{\sigma_q}{\sigma_p} + \frac{\sigma_p^2 + (\mu_p-\mu_q)^2}{2\sigma_q^2}
@@ -379,7 +804,9 @@ def kl_divergence_diag_gaussian(
     The gradient is autodiff of this elementary expression, which is the
     closed form: :math:`\partial/\partial\mu_p = (\mu_p-\mu_q)/\sigma_q^2`,
     :math:`\partial/\partial\sigma_p = \sigma_p/\sigma_q^2 - 1/\sigma_p`.
-    Standard deviations must be positive (checked mode reports others).
+    Standard deviations must be >= 0 (checked mode reports others). A point
+    mass :math:`\sigma_q = 0` gives ``+inf`` (``0`` for the dimension where
+    also :math:`\sigma_p = 0` and :math:`\mu_p = \mu_q`), never NaN.
 
     Args:
       mean_p, std_p: parameters of :math:`p`.
@@ -388,6 +815,12 @@ def kl_divergence_diag_gaussian(
 
     Returns:
       The KL in nats, in the promoted floating dtype of the inputs.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.kl_divergence_diag_gaussian(
+      ...     jnp.zeros(2), jnp.ones(2), jnp.zeros(2), jnp.array([1.0, 0.0]))
+      Array(inf, dtype=float32)
     """
     names = ("mean_p", "std_p", "mean_q", "std_q")
     args = [
@@ -405,51 +838,12 @@ def kl_divergence_diag_gaussian(
     dt = _checks.output_dtype(*[x.dtype for x in args])
     cdt = _checks.compute_dtype(dt)
     mp, sp, mq, sq = (jnp.broadcast_to(x.astype(cdt), shape) for x in args)
-    ratio = sp / sq
-    diff = (mp - mq) / sq
+    # sigma_q = 0 is a point mass: +inf unless p is the same point mass (0).
+    point = sq == 0
+    sq_safe = jnp.where(point, 1, sq)
+    ratio = sp / sq_safe
+    diff = (mp - mq) / sq_safe
     terms = 0.5 * (ratio * ratio + diff * diff) - jnp.log(ratio) - 0.5
+    same = (sp == 0) & (mp == mq)
+    terms = jnp.where(point, jnp.where(same, 0, jnp.inf), terms)
     return jnp.sum(terms, axis=ax).astype(dt)
-
-
-# --------------------------------------------------------------------------- estimators
-
-_ESTIMATORS = ("k1", "k2", "k3")
-
-
-def kl_estimate(log_p: ArrayLike, log_q: ArrayLike, *, estimator: str = "k3") -> Array:
-    r"""Per-sample Monte-Carlo estimates of :math:`D(p\|q)` from samples :math:`x \sim p`.
-
-    With :math:`r = q(x)/p(x)` (``log r = log_q - log_p``):
-
-    .. math::
-      k_1 = -\log r, \qquad k_2 = \tfrac12(\log r)^2, \qquad k_3 = (r - 1) - \log r
-
-    (Schulman, "Approximating KL Divergence", 2020). k1 is unbiased but can
-    be negative; k2 is biased, low variance; k3 is unbiased and never
-    negative, the estimator of GRPO-style KL penalties. k3 uses ``expm1`` so
-    it stays accurate when :math:`r \approx 1`. The mean over samples
-    estimates the KL.
-
-    Args:
-      log_p: log-probabilities of the samples under :math:`p` (the sampler).
-      log_q: log-probabilities of the same samples under :math:`q`;
-        broadcastable with ``log_p``.
-      estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
-
-    Returns:
-      Elementwise estimates in the promoted floating dtype.
-    """
-    _checks.check_option(estimator, "estimator", _ESTIMATORS)
-    lp = _checks.check_floating(log_p, "log_p")
-    lq = _checks.check_floating(log_q, "log_q")
-    _checks.check_broadcastable(lp, lq, "log_p", "log_q")
-    dt = _checks.output_dtype(lp.dtype, lq.dtype)
-    cdt = _checks.compute_dtype(dt)
-    log_r = lq.astype(cdt) - lp.astype(cdt)
-    if estimator == "k1":
-        out = -log_r
-    elif estimator == "k2":
-        out = 0.5 * log_r * log_r
-    else:
-        out = jnp.expm1(log_r) - log_r
-    return out.astype(dt)

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 from jaxent import _checks
 from jaxent._softmax import (
     clean_tangent,
-    log_row_sum,
+    dispatch,
     prepare_logits,
-    row_stats,
 )
 
 Array = jax.Array
@@ -135,36 +134,54 @@ def entropy(
 # --------------------------------------------------------------------------- entropy from logits
 
 
-def _clamped_log_probs(x: Array, mask: Array | None, axis: int) -> Array:
-    """log softmax with ``-inf`` (removed classes, empty rows) clamped to the lowest float.
+def _entropy_rows(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array, Array]:
+    """``(ls, s, m)``: log-probabilities clamped to the lowest float, row sum, row max.
 
-    ``exp`` of the clamp is 0, so ``p * log p`` needs no ``select``: XLA then
-    fuses the whole chain into its row reductions (a select on N x K values
-    forces a materialised buffer on CPU).
+    ``ls = (x - m) - log s`` uses only the shifted logits, so value and
+    gradient do not depend on a common shift of the logits (issue 9: the
+    former ``x - (m + log s)`` rounded ``m + log s`` and lost every digit of
+    ``H`` at shifts of 1e9). ``H = -sum exp(ls) ls`` has only terms >= 0.
+
+    Fusion (XLA:CPU, f32 512 x 32768, ``memory_analysis``): the third pass
+    needs its own copy of the row max (``optimization_barrier``); sharing the
+    second pass's broadcast of ``m`` makes XLA write a 64 MiB N x K buffer.
+    With it, three reads of the logits and no N x K write. The clamp (not a
+    select) keeps ``exp(ls) * ls = 0`` at removed entries inside the fusion.
     """
-    _, _, s, m = row_stats(x, mask, axis)
-    # Recomputed from x (not row_stats' shift, whose second use XLA would
-    # materialise as an N x K buffer).
-    xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
-    return jnp.maximum(xm - (m + log_row_sum(s)), jnp.finfo(x.dtype).min)
+    if mask is not None:
+        x = jnp.where(mask, x, -jnp.inf)
+    m = jnp.maximum(jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf), jnp.finfo(x.dtype).min)
+    s = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
+    m2, log_s = jax.lax.optimization_barrier((m, jnp.log(jnp.where(s == 0, 1, s))))
+    ls = jnp.maximum((x - m2) - log_s, jnp.finfo(x.dtype).min)
+    return ls, s, m
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _entropy_logits(x: Array, mask: Array | None, axis: int) -> Array:
-    ls = _clamped_log_probs(x, mask, axis)
-    return -jnp.sum(jnp.exp(ls) * ls, axis=axis)
+    ls, s, _ = _entropy_rows(x, mask, axis)
+    h = -jnp.sum(jnp.exp(ls) * ls, axis=axis)
+    # An empty row (s = 0) has entropy 0; a NaN row (s NaN) stays NaN.
+    return h + jnp.squeeze(0 * s, axis)
 
 
 @_entropy_logits.defjvp
 def _entropy_logits_jvp(axis, primals, tangents):
     x, mask = primals
     dx, _ = tangents
-    ls = _clamped_log_probs(x, mask, axis)
+    ls, s, _ = _entropy_rows(x, mask, axis)
     p = jnp.exp(ls)
-    h = -jnp.sum(p * ls, axis=axis)
-    # dH/dz = -p * (log p + H); p = 0 where log p is clamped, so the product is 0.
+    h = -jnp.sum(p * ls, axis=axis) + jnp.squeeze(0 * s, axis)
+    # dH/dz = -p (log p + H); p = 0 where log p is clamped, so the product is 0.
     g = -p * (ls + jnp.expand_dims(h, axis))
     return h, jnp.sum(g * clean_tangent(dx, mask), axis=axis)
+
+
+def _entropy_from_logits(logits, where, *, axis, base, temperature):
+    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    if temperature is not None:
+        x = x / jnp.asarray(temperature, x.dtype)
+    return _checks.in_base(_entropy_logits(x, mask, ax), base).astype(dt)
 
 
 def entropy_from_logits(
@@ -173,27 +190,46 @@ def entropy_from_logits(
     where: ArrayLike | None = None,
     *,
     base: float | None = None,
+    temperature: float | None = None,
 ) -> Array:
-    r"""Entropy of :math:`\mathrm{softmax}(z)`, computed from the logits.
+    r"""Entropy of :math:`\mathrm{softmax}(z / T)`, computed from the logits.
+
+    H = log s + sum_i e_i (m - z_i) / s,  e_i = exp(z_i - m),  s = sum_i e_i,
+    m = max z; gradient dH/dz = -p (log p + H).
 
     .. math::
-      H = -\sum_i p_i \log p_i, \quad p = \mathrm{softmax}(z), \qquad
-      \frac{\partial H}{\partial z} = -p \odot (\log p + H)
+      H = -\sum_i p_i \log p_i = \log s + \frac{1}{s}\sum_i e_i (m - z_i),
+      \qquad \frac{\partial H}{\partial z} = -p \odot (\log p + H)
 
-    Stable for ``-inf``/masked logits (those classes have :math:`p_i = 0` and
-    no gradient) and huge logits; a fully masked row gives 0.
+    Both parts of the sum are >= 0 and depend only on :math:`z - m`, so the
+    value and the gradient are invariant under a common shift of the logits
+    (float32 relative accuracy ~1e-6 at any finite shift). ``-inf``/masked
+    logits are classes with :math:`p_i = 0` and no gradient; a row with no
+    class left (fully masked, all ``-inf``, or an empty class axis) gives 0
+    with gradient 0; a NaN logit gives a NaN row, a ``+inf`` logit NaN.
 
     Args:
       logits: floating array.
       axis: the class axis.
       where: optional mask (rank of ``logits``: classes; one less: rows).
       base: log base (``None``: nats, 2: bits).
+      temperature: optional :math:`T > 0`; the logits are divided by it
+        before the softmax (the result is not rescaled).
 
     Returns:
       Entropies in the dtype of ``logits`` (computed in >= float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.entropy_from_logits(jnp.zeros(4), base=2)
+      Array(2., dtype=float32)
     """
-    x, ax, mask, dt = prepare_logits(logits, axis, where)
-    return _checks.in_base(_entropy_logits(x, mask, ax), base).astype(dt)
+    if temperature is not None:
+        _checks.check_positive(temperature, "temperature")
+    _checks.log_base(base)
+    return dispatch(
+        _entropy_from_logits, logits, where, axis=axis, base=base, temperature=temperature
+    )
 
 
 # --------------------------------------------------------------------------- binary entropy

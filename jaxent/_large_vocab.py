@@ -15,7 +15,8 @@ classes at once:
   projection and streams over blocks of the vocabulary. Its ``jax.custom_vjp``
   keeps only the per-row logsumexp (O(N) residuals) and recomputes each block
   of logits in the backward pass, so forward and backward use
-  O(N * block_size) working memory instead of O(N * V).
+  O(N * block_size) working memory instead of O(N * V), in every dtype (a
+  bfloat16 weight is converted to float32 one block at a time, never whole).
 * :func:`vocab_parallel_cross_entropy` and
   :func:`vocab_parallel_linear_cross_entropy` run inside ``shard_map`` when the
   class axis is sharded over a mesh axis (tensor parallelism): the global max
@@ -30,13 +31,21 @@ therefore not supported by these three functions.
 
 Conventions (the same as :func:`jaxent.softmax_cross_entropy_with_integer_labels`):
 rows whose label equals ``ignore_index`` or whose ``where`` entry is ``False``
-give a loss of 0 and receive gradient 0. Label smoothing uses the uniform
-convention :math:`(1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon / V`; the
-z-loss :math:`\lambda\,\mathrm{lse}^2` (PaLM) and the logit soft-cap
-:math:`\mathrm{cap}(u) = c \tanh(u / c)` (Gemma 2) apply as in the
-materialised loss, the logsumexp being that of the soft-capped logits.
-A label outside ``[0, V)`` that is not ``ignore_index`` gives NaN for its row
-(loss and gradient), as in the materialised loss.
+give a loss of 0 and receive gradient 0, and so does a row whose logits are
+all ``-inf`` (no class left). Label smoothing uses the uniform convention
+:math:`(1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon / V`; the z-loss
+:math:`\lambda\,\mathrm{lse}^2` (PaLM) and the logit soft-cap
+:math:`\mathrm{cap}(u) = c \tanh(u / c)` (Gemma 2, with
+:math:`\mathrm{cap}(-\infty) = -\infty`: a ruled-out class stays ruled out)
+apply as in the materialised loss, the logsumexp being that of the
+soft-capped logits. A label outside ``[0, V)`` that is not ``ignore_index``
+gives NaN for its row (loss and gradient), and so does a NaN logit.
+
+Blocks are padding-free: every block has ``block_size`` real columns (the last
+block of a ragged vocabulary is moved back to end at ``V`` and its columns
+already counted are masked), so a prime ``V`` is exact; a block whose logits
+are all ``-inf`` adds nothing (the running max is shifted by 0, never by
+``-inf``).
 """
 
 from __future__ import annotations
@@ -48,8 +57,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
-from jaxent import _checks
+from jaxent import _checks, _engine
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -69,10 +79,10 @@ DEFAULT_BLOCK_SIZE = 2048
 
 
 def _check_hparams(label_smoothing: Any, z_loss: Any, logit_softcap: Any) -> None:
-    _checks.check_scalar_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-    _checks.check_scalar_range(z_loss, "z_loss", 0.0, math.inf)
+    _checks.check_unit_interval(label_smoothing, "label_smoothing")
+    _checks.check_nonnegative(z_loss, "z_loss")
     if logit_softcap is not None:
-        _checks.check_scalar_range(logit_softcap, "logit_softcap", 0.0, math.inf, low_closed=False)
+        _checks.check_positive(logit_softcap, "logit_softcap")
 
 
 def _is_static_zero(x: Any) -> bool:
@@ -92,64 +102,120 @@ def _check_block_size(block_size: Any) -> int:
     return int(block_size)
 
 
-def _row_validity(
-    labels: Array, where: Any, ignore_index: Any, row_shape: tuple[int, ...]
-) -> Array | None:
-    """Boolean [rows] of rows that count (``None``: all of them)."""
-    valid = None
-    if where is not None:
-        where = jnp.asarray(where)
-        if where.dtype != jnp.bool_:
-            if not jnp.issubdtype(where.dtype, jnp.integer):
-                raise TypeError(f"`where` must be a boolean row mask, got dtype {where.dtype}.")
-            where = where != 0
-        if where.shape != row_shape:
-            raise ValueError(
-                f"`where` must be a row mask with the shape of `labels` {row_shape},"
-                f" got {where.shape}."
-            )
-        valid = where
-    if ignore_index is not None:
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}.")
-        keep = labels != ignore_index
-        valid = keep if valid is None else valid & keep
-    return valid
+def _varying_axes(x: Array) -> frozenset:
+    """The manual mesh axes ``x`` varies over (empty outside ``shard_map``)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
 
 
-def _row_weight(labels: Array, valid: Array | None, v_total: Any, dtype: Any) -> Array:
-    """1 for rows that count, 0 for removed rows, NaN for kept rows with a bad label.
+def _check_sharded_over(x: Array, axis_name: Any, shards: int, name: str) -> None:
+    """Raises if ``x`` is known to be replicated over ``axis_name`` (defect: loss + log k).
+
+    ``shard_map`` (with its default ``check_vma=True``) types every value with
+    the manual axes it varies over; ``axis_index`` always varies, so when it
+    does not the types are not tracked (``check_vma=False``, ``pmap``) and
+    nothing can be seen.
+    """
+    if shards == 1 or not _varying_axes(jax.lax.axis_index(axis_name)):
+        return
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    missing = [a for a in axes if a not in _varying_axes(x)]
+    if missing:
+        raise ValueError(
+            f"`{name}` is replicated over the mesh axis {missing[0]!r} of `axis_name`="
+            f"{axis_name!r}: every device would hold all its columns and the loss would be"
+            f" off by log({shards}). Pass this device's slice of the class axis, e.g."
+            f" `in_specs=P(..., {missing[0]!r})` for that argument of `shard_map`; for"
+            " unsharded classes use the single-device function."
+        )
+
+
+def _explicit_sharding(x: Array) -> Any:
+    """``x``'s sharding when its mesh has Explicit axes (``jax.make_mesh``'s default), else None."""
+    sharding = jax.typeof(x).sharding
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", ()) or ()
+    if any(t == jax.sharding.AxisType.Explicit for t in types):
+        return sharding
+    return None
+
+
+def _rows_like(x: Array, ref: Array) -> Array:
+    """Under an Explicit mesh, shards row vector ``x`` as the rows of ``ref`` (identity otherwise).
+
+    The loops below carry per-row statistics whose type (sharding included)
+    must not change between iterations, and mix labels with logits computed
+    from ``hidden``: both need the row sharding of ``hidden``.
+    """
+    sharding = _explicit_sharding(ref)
+    if sharding is None:
+        return x
+    spec = tuple(sharding.spec) + (None,) * ref.ndim
+    return jax.reshard(x, PartitionSpec(spec[0]))
+
+
+def _row_weight(
+    labels: Array, where: Any, ignore_index: Any, v_total: int, dtype: Any, ref: Array
+) -> tuple[Array, Array]:
+    """Wide labels and the row weight: 1 kept, 0 removed, NaN kept with a bad label.
 
     As in the materialised loss, a label outside ``[0, V)`` that is not
     ``ignore_index`` makes its row's loss and gradient NaN instead of silently
-    training on a wrong class.
+    training on a wrong class. Labels are compared in int32/int64 (no wrap).
     """
-    ok = (labels >= 0) & (labels < v_total)
-    rw = jnp.where(ok, 1.0, jnp.nan).astype(dtype)
-    return rw if valid is None else jnp.where(valid, rw, 0).astype(dtype)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    wide, in_range = _checks.labels_in_range(labels, v_total)
+    wide, in_range = _rows_like(wide, ref), _rows_like(in_range, ref)
+    rw = jnp.where(in_range, 1.0, jnp.nan).astype(dtype)
+    keep = None
+    if where is not None:
+        keep = _rows_like(_checks.check_mask(where, labels.shape), ref)
+    if ignore_index is not None:
+        kept = wide != ignore_index
+        keep = kept if keep is None else keep & kept
+    return wide, (rw if keep is None else jnp.where(keep, rw, 0).astype(dtype))
 
 
-# --------------------------------------------------------------------------- block kernel
+# --------------------------------------------------------------------------- the rule
+# One rule (jaxent._engine): loss = A lse(z) - <a, z> + lam lse^2, gradient (A + 2 lam lse) p - a,
+# here with the target a = (1 - eps) e_y + eps / V (A = 1), fed by vocabulary blocks and shards.
 
 
 class _Config(NamedTuple):
-    """Static description of one blocked computation (hashable)."""
+    """Static description of one computation (hashable)."""
 
     vocab: int  # number of classes seen by this call (the local shard's, if sharded)
     block: int  # columns per block
+    shards: int  # size of the mesh axis the classes are sharded over (1: unsharded)
     smoothing: bool  # label smoothing term present
     zloss: bool  # z-loss term present
     softcap: bool  # soft-cap present
     axis_name: Any  # mesh axis over which the vocabulary is sharded, or None
 
+    @property
+    def v_total(self) -> int:
+        return self.vocab * self.shards
 
-def _varying_axes(x: Array) -> set:
-    """The manual mesh axes ``x`` varies over (empty outside ``shard_map``)."""
-    aval = jax.typeof(x)
-    mat = getattr(aval, "manual_axis_type", None)
-    if mat is not None:
-        return set(mat.varying)
-    return set(getattr(aval, "vma", ()))
+
+def _target(labels: Array, rw: Array, hp: Array, cfg: _Config) -> _engine.Target:
+    """The engine's description of ``a`` for rows of weight ``rw`` (0 removed, NaN bad label)."""
+    col = rw[:, None]
+    return _engine.Target(
+        labels=labels[:, None],
+        t=(1 - hp[0]) * col if cfg.smoothing else col,
+        coef=hp[0] / cfg.v_total if cfg.smoothing else None,
+        keep=col != 0,
+        z_loss=hp[1] if cfg.zloss else None,
+    )
+
+
+def _offset(labels: Array, cfg: _Config) -> Array:
+    """Global index of this shard's first class, in the labels' dtype."""
+    if cfg.axis_name is None:
+        return jnp.zeros((), labels.dtype)
+    return jax.lax.axis_index(cfg.axis_name).astype(labels.dtype) * cfg.vocab
 
 
 def _vary_like(x: Array, *refs: Array) -> Array:
@@ -159,230 +225,214 @@ def _vary_like(x: Array, *refs: Array) -> Array:
     from a sharded weight vary over its mesh axis, so the zeros they start from
     must be cast to varying too. Outside ``shard_map`` this is the identity.
     """
-    want = set()
+    want = frozenset()
     for r in refs:
-        want |= _varying_axes(r)
+        if r is not None:
+            want |= _varying_axes(r)
     missing = tuple(sorted(want - _varying_axes(x)))
     if not missing:
         return x
     return jax.lax.pcast(x, missing, to="varying")
 
 
+def _sum_to_vma(ct: Array | None, primal: Array | None) -> Array | None:
+    """Sums a cotangent over the manual axes it varies over and its primal does not.
+
+    Inside ``shard_map`` a replicated input (a weight replicated over the data
+    axis, the hidden states replicated over the vocabulary axis) receives the
+    sum of the per-device cotangents: what autodiff inserts for ``pvary``,
+    which a custom VJP must do itself.
+    """
+    if ct is None:
+        return None
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
+    return jax.lax.psum(ct, extra) if extra else ct
+
+
+def _empty_stats(rw: Array, cfg: _Config, *refs: Array) -> _engine.Stats:
+    """Statistics of no column, with the sharding of ``rw`` and the vma of ``refs``.
+
+    (``_engine.empty_stats`` builds fresh arrays, which lose both: a loop carry
+    must keep its type under an Explicit mesh and inside ``shard_map``.)
+    """
+    zero = _vary_like(jnp.zeros_like(rw)[:, None], *refs)
+    m = _vary_like(jnp.full_like(rw, -jnp.inf)[:, None], *refs)
+    spread = zero if cfg.smoothing else None
+    return _engine.Stats(m=m, s=zero, zy=zero, hw=spread, W=spread)
+
+
+# --------------------------------------------------------------------------- blocks of h @ W
+
+
 def _num_blocks(cfg: _Config) -> int:
     return -(-cfg.vocab // cfg.block)
 
 
-def _ragged(cfg: _Config) -> bool:
-    return cfg.vocab % cfg.block != 0
-
-
-def _block_logits(
-    h: Array, w: Array, b: Array | None, hp: Array, i: Array, cfg: _Config
-) -> tuple[Array, Array | None, Array, Array | None]:
-    """Soft-capped logits of block ``i``.
+def _block_slices(
+    w: Array, b: Array | None, i: Array, cfg: _Config
+) -> tuple[Array, Array, Array | None]:
+    """First column, ``[D, B]`` weight block and ``[B]`` bias block of block ``i``.
 
     Blocks have a fixed width; the last one of a ragged vocabulary is moved back
-    to end at ``V`` and its columns already covered by the previous block are
-    masked (``keep``), so that every column is counted exactly once.
+    to end at ``V`` (its re-covered columns are masked by :func:`_block_logits`).
 
-    Returns:
-      ``(z, t, start, keep)``: logits [N, B] in the compute dtype (``-inf`` at
-      masked columns), ``tanh(u / cap)`` (or ``None``), the block's first
-      column and the kept-column mask (``None`` when no column is masked).
+    The barrier hides from XLA that ``w`` is the same in every iteration.
+    Without it XLA:CPU converts a whole bfloat16 weight to float32 once, before
+    the loop (its dots do not take bfloat16 operands): compiled temp memory
+    then grows with V (measured at N=64, D=32, block 256: 0.66 MB at V=4096,
+    2.23 MB at V=16384, i.e. a float32 copy of W). With it, each block is
+    converted on its own and the temp memory is the same at both V (0.13 MB,
+    as in float32). The barrier is an identity: it costs no copy.
     """
-    cdt = hp.dtype
+    w, b, i = jax.lax.optimization_barrier((w, b, i))
     start = jnp.minimum(i * cfg.block, cfg.vocab - cfg.block)
     w_blk = jax.lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
-    u = jax.lax.dot_general(h, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
-    if b is not None:
-        u = u + jax.lax.dynamic_slice_in_dim(b, start, cfg.block).astype(cdt)[None, :]
-    t = None
-    if cfg.softcap:
-        cap = hp[2]
-        t = jnp.tanh(u / cap)
-        u = cap * t
-    keep = None
-    if _ragged(cfg):
-        keep = (start + jnp.arange(cfg.block) >= i * cfg.block)[None, :]
-        u = jnp.where(keep, u, -jnp.inf)
-    return u, t, start, keep
+    b_blk = None if b is None else jax.lax.dynamic_slice_in_dim(b, start, cfg.block)
+    return start, w_blk, b_blk
 
 
-def _local_stats(
-    h: Array, w: Array, b: Array | None, labels: Array, hp: Array, cfg: _Config
-) -> tuple[Array, Array, Array, Array]:
-    """Streams over the blocks: running max, sum of exp, target logit, sum of logits.
+class _Block(NamedTuple):
+    z: Array  # soft-capped logits [N, B] in the compute dtype
+    w_blk: Array  # [D, B] weight block
+    u: Array  # logits before the soft-cap
+    start: Array  # global index of the first column
+    labels: Array  # [N, 1] labels, -1 where the label lies in a re-covered column
+    mask: Array | None  # [1, B] kept columns (None: all)
 
-    ``labels`` are local class indices; one outside ``[0, V)`` matches no column.
-    """
-    n = h.shape[0]
+
+def _block(h, w, b, labels, offset, i, hp, cfg: _Config) -> _Block:
+    """Logits of block ``i`` and what the engine needs to know about its columns."""
+    start, w_blk, b_blk = _block_slices(w, b, i, cfg)
     cdt = hp.dtype
-
-    def body(i, carry):
-        m, s, zy, zs = carry
-        z, _, start, keep = _block_logits(h, w, b, hp, i, cfg)
-        m_new = jnp.maximum(m, jnp.max(z, axis=1))
-        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=1)
-        hit = (start + jnp.arange(cfg.block))[None, :] == labels[:, None]
-        if keep is not None:
-            hit = hit & keep
-        zy = zy + jnp.sum(jnp.where(hit, z, 0), axis=1)
-        if cfg.smoothing:
-            zs = zs + jnp.sum(z if keep is None else jnp.where(keep, z, 0), axis=1)
-        return m_new, s, zy, zs
-
-    refs = (h, w, labels, hp) + (() if b is None else (b,))
-    init = tuple(
-        _vary_like(x, *refs)
-        for x in (
-            jnp.full((n,), -jnp.inf, cdt),
-            jnp.zeros((n,), cdt),
-            jnp.zeros((n,), cdt),
-            jnp.zeros((n,), cdt),
-        )
-    )
-    return jax.lax.fori_loop(0, _num_blocks(cfg), body, init)
-
-
-def _global_stats(
-    m: Array, s: Array, zy: Array, zs: Array, cfg: _Config
-) -> tuple[Array, Array, Array]:
-    """Combines local statistics into the global ``(lse, z_y, sum_j z_j)``.
-
-    Unsharded this is ``m + log s``; sharded it costs one ``pmax`` (the global
-    max) and one ``psum`` (of the rescaled sums of exponentials, the target
-    logit from the shard that owns it, and the logit sums).
-    """
-    if cfg.axis_name is None:
-        return m + jnp.log(s), zy, zs
-    big = jax.lax.pmax(m, cfg.axis_name)
-    parts = [s * jnp.exp(m - big), zy] + ([zs] if cfg.smoothing else [])
-    parts = jax.lax.psum(jnp.stack(parts), cfg.axis_name)
-    return big + jnp.log(parts[0]), parts[1], parts[-1]
-
-
-def _loss_from_stats(
-    lse: Array, zy: Array, zs: Array, weight: Array, hp: Array, v_total: int, cfg: _Config
-) -> Array:
-    loss = lse
-    if cfg.smoothing:
-        eps = hp[0]
-        loss = loss - (1 - eps) * zy - eps * zs / v_total
-    else:
-        loss = loss - zy
-    if cfg.zloss:
-        loss = loss + hp[1] * lse * lse
-    return jnp.where(weight != 0, weight * loss, 0)
-
-
-def _dlogits(
-    z: Array,
-    t: Array | None,
-    hit: Array,
-    keep: Array | None,
-    lse: Array,
-    gw: Array,
-    hp: Array,
-    v_total: int,
-    cfg: _Config,
-) -> Array:
-    """Closed-form gradient of the loss with respect to the pre-cap logits of a block.
-
-    .. math::
-      \\partial \\ell / \\partial z_j = p_j (1 + 2 \\lambda\\,\\mathrm{lse})
-        - (1 - \\varepsilon) [j = y] - \\varepsilon / V,
-      \\qquad \\partial z / \\partial u = 1 - \\tanh^2(u / c)
-    """
-    coef = gw * (1 + 2 * hp[1] * lse) if cfg.zloss else gw
-    p = jnp.exp(z - lse[:, None])
-    dz = coef[:, None] * p
-    one = gw * (1 - hp[0]) if cfg.smoothing else gw
-    dz = dz - jnp.where(hit, one[:, None], 0)
-    if cfg.smoothing:
-        dz = dz - (gw * hp[0] / v_total)[:, None]
-    if t is not None:
-        dz = dz * (1 - t * t)
-    ok = (gw != 0)[:, None]
-    return jnp.where(ok if keep is None else ok & keep, dz, 0)
-
-
-# --------------------------------------------------------------------------- linear CE core
+    u = jax.lax.dot_general(h, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+    if b_blk is not None:
+        u = u + b_blk.astype(cdt)[None, :]
+    z = _engine.softcap(u, hp[2]) if cfg.softcap else u
+    first = offset + start.astype(labels.dtype)
+    mask = None
+    if cfg.vocab % cfg.block:
+        # Columns before i * block were counted by the previous block: mask them,
+        # and keep a label there from matching (the engine's label test ignores `mask`).
+        seen = offset + (i * cfg.block).astype(labels.dtype)
+        mask = (first + jnp.arange(cfg.block, dtype=labels.dtype) >= seen)[None, :]
+        labels = jnp.where(labels >= seen, labels, -1)
+    return _Block(z, w_blk, u, first, labels[:, None], mask)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _linear_ce(
-    h: Array, w: Array, b: Array | None, labels: Array, weight: Array, hp: Array, cfg: _Config
+    h: Array, w: Array, b: Array | None, labels: Array, rw: Array, hp: Array, cfg: _Config
 ) -> Array:
-    return _linear_ce_fwd(h, w, b, labels, weight, hp, cfg)[0]
+    return _linear_ce_fwd(h, w, b, labels, rw, hp, cfg)[0]
 
 
-def _offset_labels(labels: Array, cfg: _Config) -> Array:
-    if cfg.axis_name is None:
-        return labels
-    return labels - jax.lax.axis_index(cfg.axis_name) * cfg.vocab
+def _linear_ce_fwd(h, w, b, labels, rw, hp, cfg):
+    tgt = _target(labels, rw, hp, cfg)
+    offset = _offset(labels, cfg)
 
+    def body(i, st):
+        blk = _block(h, w, b, labels, offset, i, hp, cfg)
+        part = _engine.partial_stats(
+            blk.z, tgt._replace(labels=blk.labels), axis=1, start=blk.start, mask=blk.mask
+        )
+        return _engine.combine(st, part)
 
-def _v_total(cfg: _Config) -> Any:
-    if cfg.axis_name is None:
-        return cfg.vocab
-    return cfg.vocab * jax.lax.axis_size(cfg.axis_name)
-
-
-def _linear_ce_fwd(h, w, b, labels, weight, hp, cfg):
-    local = _offset_labels(labels, cfg)
-    m, s, zy, zs = _local_stats(h, w, b, local, hp, cfg)
-    lse, zy, zs = _global_stats(m, s, zy, zs, cfg)
-    loss = _loss_from_stats(lse, zy, zs, weight, hp, _v_total(cfg), cfg)
-    return loss, (h, w, b, labels, weight, hp, lse)
+    init = _empty_stats(rw, cfg, h, w, b, labels, hp)
+    st = jax.lax.fori_loop(0, _num_blocks(cfg), body, init)
+    if cfg.axis_name is not None:
+        st = _engine.combine_across(st, cfg.axis_name)
+    loss, lse = _engine.loss_from_stats(st, tgt)
+    return loss[:, 0], (h, w, b, labels, rw, hp, st, lse)
 
 
 def _linear_ce_bwd(cfg, res, g):
-    h, w, b, labels, weight, hp, lse = res
+    h, w, b, labels, rw, hp, st, lse = res
     cdt = hp.dtype
-    local = _offset_labels(labels, cfg)
-    v_total = _v_total(cfg)
-    gw = g.astype(cdt) * weight
-    mdt = jnp.result_type(h.dtype, w.dtype)
+    tgt = _target(labels, rw, hp, cfg)
+    offset = _offset(labels, cfg)
+    gcol = g.astype(cdt)[:, None]
+    ragged = cfg.vocab % cfg.block != 0
 
     def body(i, carry):
         dh, dw, db = carry
-        z, t, start, keep = _block_logits(h, w, b, hp, i, cfg)
-        hit = (start + jnp.arange(cfg.block))[None, :] == local[:, None]
-        if keep is not None:
-            hit = hit & keep
-        du = _dlogits(z, t, hit, keep, lse, gw, hp, v_total, cfg).astype(mdt)
-        w_blk = jax.lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+        blk = _block(h, w, b, labels, offset, i, hp, cfg)
+        du = gcol * _engine.grad_logits(
+            blk.z, tgt._replace(labels=blk.labels), lse, st, axis=1, start=blk.start,
+            mask=blk.mask,
+        )  # fmt: skip
+        if cfg.softcap:
+            du = du * _engine.softcap_grad(blk.u, hp[2])
+        du = du.astype(h.dtype)
+        start, w_blk = blk.start - offset, blk.w_blk
         dh = dh + jax.lax.dot_general(
             du, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt
         )
+        # Under an Explicit mesh the contraction runs over the sharded rows: say
+        # that the result has the (replicated) sharding of the weight block.
         dw_blk = jax.lax.dot_general(
-            h, du, (((0,), (0,)), ((), ())), preferred_element_type=cdt
+            h,
+            du,
+            (((0,), (0,)), ((), ())),
+            preferred_element_type=cdt,
+            out_sharding=_explicit_sharding(w_blk),
         ).astype(w.dtype)
         # In a ragged last block the re-covered columns get exactly 0 added.
-        if _ragged(cfg):
+        if ragged:
             dw_blk = dw_blk + jax.lax.dynamic_slice_in_dim(dw, start, cfg.block, axis=1)
         dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
         if db is not None:
             db_blk = jnp.sum(du.astype(cdt), axis=0).astype(b.dtype)
-            if _ragged(cfg):
+            if ragged:
                 db_blk = db_blk + jax.lax.dynamic_slice_in_dim(db, start, cfg.block)
             db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
         return dh, dw, db
 
-    refs = (h, w, labels, hp, gw) + (() if b is None else (b,))
+    refs = (h, w, b, labels, hp, gcol)
     init = (
-        _vary_like(jnp.zeros(h.shape, cdt), *refs),
-        _vary_like(jnp.zeros(w.shape, w.dtype), *refs),
-        None if b is None else _vary_like(jnp.zeros(b.shape, b.dtype), *refs),
+        _vary_like(jnp.zeros_like(h, dtype=cdt), *refs),
+        _vary_like(jnp.zeros_like(w), *refs),
+        None if b is None else _vary_like(jnp.zeros_like(b), *refs),
     )
     dh, dw, db = jax.lax.fori_loop(0, _num_blocks(cfg), body, init)
     if cfg.axis_name is not None:
-        # The hidden states feed every vocabulary shard: sum their contributions.
+        # The hidden states feed every vocabulary shard: sum their contributions
+        # (also where shard_map does not track replication, check_vma=False).
         dh = jax.lax.psum(dh, cfg.axis_name)
-    return dh.astype(h.dtype), dw, db, None, jnp.zeros_like(weight), jnp.zeros_like(hp)
+    dh, dw, db = _sum_to_vma(dh, h), _sum_to_vma(dw, w), _sum_to_vma(db, b)
+    return dh.astype(h.dtype), dw, db, None, jnp.zeros_like(rw), jnp.zeros_like(hp)
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
+
+
+# --------------------------------------------------------------------------- dense shards
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _vp_ce(z: Array, labels: Array, rw: Array, hp: Array, cfg: _Config) -> Array:
+    return _vp_ce_fwd(z, labels, rw, hp, cfg)[0]
+
+
+def _vp_ce_fwd(z, labels, rw, hp, cfg):
+    tgt = _target(labels, rw, hp, cfg)
+    st = _engine.partial_stats(z, tgt, axis=1, start=_offset(labels, cfg))
+    st = _engine.combine_across(st, cfg.axis_name)
+    loss, lse = _engine.loss_from_stats(st, tgt)
+    return loss[:, 0], (z, labels, rw, hp, st, lse)
+
+
+def _vp_ce_bwd(cfg, res, g):
+    z, labels, rw, hp, st, lse = res
+    tgt = _target(labels, rw, hp, cfg)
+    dz = _engine.grad_logits(z, tgt, lse, st, axis=1, start=_offset(labels, cfg))
+    dz = g.astype(dz.dtype)[:, None] * dz
+    return _sum_to_vma(dz.astype(z.dtype), z), None, jnp.zeros_like(rw), jnp.zeros_like(hp)
+
+
+_vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
+
+
+# --------------------------------------------------------------------------- public functions
 
 
 def _prepare_linear(
@@ -400,9 +450,10 @@ def _prepare_linear(
     weight_name: str,
     bias_name: str,
 ):
+    shards = 1 if axis_name is None else _checks.check_axis_name(axis_name)
     hidden = _checks.check_floating(hidden, "hidden")
     weight = _checks.check_floating(weight, weight_name)
-    labels = _checks.check_integer(labels, "labels")
+    labels = _checks.check_labels(labels, "labels")
     if hidden.ndim < 1:
         raise ValueError("`hidden` must have shape [..., D] (rows of hidden states), got a scalar.")
     if weight.ndim != 2:
@@ -427,16 +478,18 @@ def _prepare_linear(
         if bias.shape != (vocab,):
             raise ValueError(f"`{bias_name}` must have shape [V] = ({vocab},), got {bias.shape}.")
     _check_hparams(label_smoothing, z_loss, logit_softcap)
-    block = min(_check_block_size(block_size), vocab)
-    valid = _row_validity(labels, where, ignore_index, row_shape)
+    if axis_name is not None:
+        _check_sharded_over(weight, axis_name, shards, weight_name)
+        if bias is not None:
+            _check_sharded_over(bias, axis_name, shards, bias_name)
 
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
     cdt = _checks.compute_dtype(*dtypes)
-    out_dt = _checks.output_dtype(*dtypes)
     mdt = jnp.result_type(hidden.dtype, weight.dtype)
     cfg = _Config(
         vocab=vocab,
-        block=block,
+        block=min(_check_block_size(block_size), vocab),
+        shards=shards,
         smoothing=not _is_static_zero(label_smoothing),
         zloss=not _is_static_zero(z_loss),
         softcap=logit_softcap is not None,
@@ -451,11 +504,9 @@ def _prepare_linear(
     )
     n = math.prod(row_shape)
     h2 = hidden.reshape(n, d).astype(mdt)
-    w2 = weight.astype(mdt)
-    lab = labels.reshape(n)
-    v_total = vocab if axis_name is None else vocab * jax.lax.axis_size(axis_name)
-    rw = _row_weight(lab, None if valid is None else valid.reshape(n), v_total, cdt)
-    return h2, w2, bias, lab, rw, hp, cfg, row_shape, out_dt
+    where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
+    lab, rw = _row_weight(labels.reshape(n), where2, ignore_index, cfg.v_total, cdt, h2)
+    return h2, weight.astype(mdt), bias, lab, rw, hp, cfg, row_shape, _checks.output_dtype(*dtypes)
 
 
 def linear_cross_entropy(
@@ -494,11 +545,18 @@ def linear_cross_entropy(
       \frac{\partial \ell_n}{\partial z_{nj}} = p_{nj}\,(1 + 2\lambda\,\mathrm{lse}(z_n))
         - (1-\varepsilon)[j = y_n] - \frac{\varepsilon}{V}
 
-    Memory is O(N·block_size + N·D + D·V) in both passes instead of O(N·V).
+    Memory is O(N·block_size + N·D + D·V) in both passes instead of O(N·V),
+    and the working memory beyond the inputs and gradients does not grow with
+    V in any dtype (a bfloat16 weight is converted to float32 per block).
     Matrix products run in the input dtype with float32 accumulation
     (``preferred_element_type``); everything else is computed in at least
     float32. Reverse-mode only (``jax.grad``/``jax.vjp``); gradients flow to
-    ``hidden``, ``weight`` and ``bias``.
+    ``hidden``, ``weight`` and ``bias``. Any V works (no padding: a ragged
+    last block is moved back and its re-covered columns masked); ``-inf``
+    logits (e.g. a ``-inf`` bias) and NaN follow the materialised loss: a row
+    with no finite logit gives 0, a label on a ``-inf`` logit ``+inf``, a NaN
+    logit a NaN row. Works under ``jax.jit`` on batch-sharded inputs with a
+    mesh of Auto or Explicit axes (``jax.make_mesh``'s default).
 
     Args:
       hidden: floating array of hidden states, shape ``[N, D]`` (or ``[..., D]``).
@@ -584,6 +642,14 @@ def vocab_parallel_linear_cross_entropy(
     slices of the full gradient. The loss is the same on every device of the
     axis, and equals :func:`linear_cross_entropy` of the full weight.
 
+    Sharding: ``in_specs=(P(), P(None, axis_name), P())`` for ``(hidden,
+    weight_shard, labels)`` (``P(axis_name)`` for ``bias_shard``; with a data
+    axis ``P("dp")``, ``P(None, "tp")``, ``P("dp")``: the weight's gradient is
+    then summed over ``"dp"`` as well). A replicated ``weight_shard`` (or
+    ``bias_shard``) would shift the loss by :math:`\log k`: under
+    ``shard_map``'s default ``check_vma=True`` it raises ``ValueError``; with
+    ``check_vma=False`` or under ``pmap`` it cannot be detected.
+
     Args:
       hidden: hidden states ``[N, D]`` (or ``[..., D]``), replicated over ``axis_name``.
       weight_shard: this device's ``[D, V_local]`` slice of the projection.
@@ -599,7 +665,15 @@ def vocab_parallel_linear_cross_entropy(
 
     Returns:
       Per-example losses ``[N]``, identical on every device of ``axis_name``.
+
+    Raises:
+      ValueError: ``axis_name`` is ``None`` or not an axis of the enclosing
+        ``shard_map``/``pmap``; ``weight_shard``/``bias_shard`` is known to be
+        replicated over it; inconsistent shapes or a hyper-parameter out of range.
+      TypeError: as :func:`linear_cross_entropy`, or ``axis_name`` not a str
+        (or tuple of str).
     """
+    _checks.check_axis_name(axis_name)  # None is an error here, not "unsharded"
     h2, w2, b, lab, rw, hp, cfg, row_shape, out_dt = _prepare_linear(
         hidden,
         weight_shard,
@@ -616,61 +690,6 @@ def vocab_parallel_linear_cross_entropy(
         "bias_shard",
     )
     return _linear_ce(h2, w2, b, lab, rw, hp, cfg).reshape(row_shape).astype(out_dt)
-
-
-# --------------------------------------------------------------------------- vocab-parallel CE
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _vp_ce(z: Array, labels: Array, weight: Array, hp: Array, axis_name: Any, flags: tuple):
-    return _vp_ce_fwd(z, labels, weight, hp, axis_name, flags)[0]
-
-
-def _vp_local(z: Array, labels: Array, axis_name: Any) -> tuple[Array, Array]:
-    v_local = z.shape[-1]
-    local = labels - jax.lax.axis_index(axis_name) * v_local
-    hit = jax.lax.broadcasted_iota(local.dtype, z.shape, z.ndim - 1) == local[..., None]
-    return hit, jnp.sum(jnp.where(hit, z, 0), axis=-1)
-
-
-def _vp_ce_fwd(z, labels, weight, hp, axis_name, flags):
-    smoothing, zloss = flags
-    v_total = z.shape[-1] * jax.lax.axis_size(axis_name)
-    big = jax.lax.pmax(jnp.max(z, axis=-1), axis_name)
-    big = jnp.where(jnp.isfinite(big), big, 0)
-    _, zy = _vp_local(z, labels, axis_name)
-    parts = [jnp.sum(jnp.exp(z - big[..., None]), axis=-1), zy]
-    if smoothing:
-        parts.append(jnp.sum(z, axis=-1))
-    parts = jax.lax.psum(jnp.stack(parts), axis_name)
-    lse = big + jnp.log(parts[0])
-    loss = lse
-    if smoothing:
-        loss = loss - (1 - hp[0]) * parts[1] - hp[0] * parts[2] / v_total
-    else:
-        loss = loss - parts[1]
-    if zloss:
-        loss = loss + hp[1] * lse * lse
-    return jnp.where(weight != 0, weight * loss, 0), (z, labels, weight, hp, lse)
-
-
-def _vp_ce_bwd(axis_name, flags, res, g):
-    z, labels, weight, hp, lse = res
-    smoothing, zloss = flags
-    v_total = z.shape[-1] * jax.lax.axis_size(axis_name)
-    gw = g * weight
-    hit, _ = _vp_local(z, labels, axis_name)
-    coef = gw * (1 + 2 * hp[1] * lse) if zloss else gw
-    dz = coef[..., None] * jnp.exp(z - lse[..., None])
-    one = gw * (1 - hp[0]) if smoothing else gw
-    dz = dz - jnp.where(hit, one[..., None], 0)
-    if smoothing:
-        dz = dz - (gw * hp[0] / v_total)[..., None]
-    dz = jnp.where((gw != 0)[..., None], dz, 0)
-    return dz, None, jnp.zeros_like(weight), jnp.zeros_like(hp)
-
-
-_vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 
 
 def vocab_parallel_cross_entropy(
@@ -704,6 +723,16 @@ def vocab_parallel_cross_entropy(
     :math:`\partial\ell/\partial z^{(r)}_j = p_j(1 + 2\lambda\,\mathrm{lse})
     - (1-\varepsilon)[j + rV/k = y] - \varepsilon/V`.
 
+    Sharding: give ``shard_map`` ``in_specs=(P(..., axis_name), P(...))``, the
+    class axis of the logits sharded over ``axis_name`` and the labels not
+    (``P(None, "tp")`` and ``P()`` for ``[N, V]`` logits; ``P("dp", "tp")`` and
+    ``P("dp")`` with a data axis). Replicated logits (``P()``) would make every
+    device count all :math:`V` classes and shift the loss by :math:`\log k`:
+    under ``shard_map``'s default ``check_vma=True`` this raises ``ValueError``;
+    with ``check_vma=False`` or under ``pmap`` replication is not tracked and
+    cannot be detected. A row whose logits are all ``-inf`` gives 0, a NaN
+    logit a NaN row.
+
     Args:
       logits_shard: this device's slice ``[..., V_local]`` of the logits (class axis last).
       labels: global integer class indices of shape ``logits_shard.shape[:-1]``.
@@ -717,6 +746,13 @@ def vocab_parallel_cross_entropy(
       Per-example losses of the shape of ``labels``, the same on every device
       of ``axis_name``, in the dtype of ``logits_shard`` (computed in at least float32).
 
+    Raises:
+      ValueError: ``axis_name`` is ``None`` or not an axis of the enclosing
+        ``shard_map``/``pmap``; ``logits_shard`` is known to be replicated over
+        it; inconsistent shapes or a hyper-parameter out of range.
+      TypeError: ``axis_name`` is not a str (or tuple of str); non-floating
+        logits or non-integer labels.
+
     Example:
       >>> from functools import partial
       >>> import jax, jax.numpy as jnp, jaxent
@@ -728,21 +764,34 @@ def vocab_parallel_cross_entropy(
       >>> f(jnp.zeros((2, 4)), jnp.array([0, 3]))
       Array([1.3862944, 1.3862944], dtype=float32)
     """
+    shards = _checks.check_axis_name(axis_name)
     logits_shard = _checks.check_floating(logits_shard, "logits_shard")
-    labels = _checks.check_integer(labels, "labels")
+    labels = _checks.check_labels(labels, "labels")
     if logits_shard.ndim < 1:
         raise ValueError("`logits_shard` must have a class axis (shape [..., V_local]).")
-    if labels.shape != logits_shard.shape[:-1]:
+    row_shape = logits_shard.shape[:-1]
+    if labels.shape != row_shape:
         raise ValueError(
-            f"`labels` must have shape {logits_shard.shape[:-1]} (`logits_shard` without"
+            f"`labels` must have shape {row_shape} (`logits_shard` without"
             f" its class axis), got {labels.shape}."
         )
     _check_hparams(label_smoothing, z_loss, None)
-    valid = _row_validity(labels, where, ignore_index, labels.shape)
+    _check_sharded_over(logits_shard, axis_name, shards, "logits_shard")
+    v_local = logits_shard.shape[-1]
     cdt = _checks.compute_dtype(logits_shard.dtype)
+    cfg = _Config(
+        vocab=v_local,
+        block=v_local,
+        shards=shards,
+        smoothing=not _is_static_zero(label_smoothing),
+        zloss=not _is_static_zero(z_loss),
+        softcap=False,
+        axis_name=axis_name,
+    )
     hp = jnp.stack([jnp.asarray(label_smoothing, cdt), jnp.asarray(z_loss, cdt)])
-    v_total = logits_shard.shape[-1] * jax.lax.axis_size(axis_name)
-    rw = _row_weight(labels, valid, v_total, cdt)
-    flags = (not _is_static_zero(label_smoothing), not _is_static_zero(z_loss))
-    out = _vp_ce(logits_shard.astype(cdt), labels, rw, hp, axis_name, flags)
-    return out.astype(logits_shard.dtype)
+    n = math.prod(row_shape)
+    z = logits_shard.reshape(n, v_local)  # upcast inside the engine's reductions
+    where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
+    lab, rw = _row_weight(labels.reshape(n), where2, ignore_index, cfg.v_total, cdt, z)
+    out = _vp_ce(z, lab, rw, hp, cfg)
+    return out.reshape(row_shape).astype(logits_shard.dtype)

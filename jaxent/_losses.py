@@ -1,14 +1,18 @@
 """Cross-entropy losses (optax argument order: prediction first) and their reduction.
 
 Every loss returns per-example values (reduced over the class axis only) and
-differentiates through a closed form (``jax.custom_jvp``):
+differentiates through a closed form. The two softmax cross-entropies are
+front ends of the one engine (:mod:`jaxent._engine`, a ``jax.custom_jvp``):
 
-* softmax cross-entropy, soft labels:    dL/dz = (sum y) softmax(z) - y
-* integer labels:                        dL/dz = w (softmax(z) - onehot(y))
-                                                 + 2 z_loss lse softmax(z)
+* soft labels:      dL/dz = (sum y) softmax(z) - y
+* integer labels:   dL/dz = w_y (softmax(z) - onehot(y)) + 2 z_loss lse softmax(z)
 * sigmoid binary cross-entropy:          dL/dz = (1 - y) sigma(z) - pos_weight y sigma(-z)
                                          (= sigma(z) - y without pos_weight, exact for large |z|)
 * binary cross-entropy from probs:       dL/dp = (1 - y)/(1 - p) - y/p
+
+Public functions validate their arguments in Python (trace-time errors for
+Python-scalar hyper-parameters), then call one ``jax.jit``-ed inner function
+with static options, so an eager call is one compiled dispatch.
 """
 
 from __future__ import annotations
@@ -20,14 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxent import _checks
-from jaxent._softmax import (
-    clean_tangent,
-    log_probs_from_stats,
-    log_row_sum,
-    prepare_logits,
-    row_stats,
-    weighted_nll,
-)
+from jaxent import _engine as _eng
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -37,53 +34,47 @@ def _add(a: Array | None, b: Array) -> Array:
     return b if a is None else a + b
 
 
+def _is_concrete_zero(v) -> bool:
+    """A value known to be 0 at trace time (a Python or concrete array 0)."""
+    if isinstance(v, jax.core.Tracer):
+        return False
+    try:
+        return bool(np.all(np.asarray(v) == 0))
+    except (TypeError, ValueError):
+        return False
+
+
+def _in_base(out: Array, log_base) -> Array:
+    return out if log_base is None else out / jnp.asarray(log_base).astype(out.dtype)
+
+
+def _scale_logits(x: Array, temperature, cdt) -> Array:
+    """``x / T`` in the compute dtype (``T=None``: ``x`` unchanged, upcast inside the engine)."""
+    if temperature is None:
+        return x
+    return x.astype(cdt) / jnp.asarray(temperature).astype(cdt)
+
+
+def _check_temperature(temperature) -> None:
+    if temperature is not None:
+        _checks.check_positive(temperature, "temperature")
+
+
 # --------------------------------------------------------------------------- soft labels
 
 
-def _soft_ce_value(x, y, mask, axis):
-    """Shared primal: (loss, labels on kept entries, row stats)."""
-    shifted, _, s, m = row_stats(x, mask, axis)
-    a = y if mask is None else jnp.where(mask, y, 0)
-    # Empty rows (no class left) give 0: a row-level select, so that no N x K
-    # select stands between the logits and XLA's fused reductions.
-    loss = jnp.squeeze(jnp.where(s > 0, weighted_nll(a, x, m, s, axis), 0), axis)
-    return loss, a, shifted, m, s
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _softmax_ce(x: Array, y: Array, mask: Array | None, axis: int) -> Array:
-    return _soft_ce_value(x, y, mask, axis)[0]
-
-
-def _softmax_ce_jvp(axis, primals, tangents):
-    x, y, mask = primals
-    dx, dy, _ = tangents
-    loss, a, shifted, m, s = _soft_ce_value(x, y, mask, axis)
-    live = (s > 0).astype(x.dtype)  # 0 on empty rows: their gradient is 0
-    dloss = None
-    if not _checks.is_symbolic_zero(dx):
-        # (sum y) softmax(z) - y with row factors; p is recomputed from the row
-        # logsumexp inside the gradient's fusion rather than kept from the
-        # forward reductions (no N x K buffer, no N x K select without a mask).
-        scale = jnp.sum(a, axis=axis, keepdims=True) * live
-        lse = log_row_sum(s) + m
-        xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
-        coef = jnp.exp(xm - lse) * scale - a * live
-        dloss = jnp.sum(coef * clean_tangent(dx, mask), axis=axis)
-    if not _checks.is_symbolic_zero(dy):
-        # dL/dy_i = -log p_i; 0 at a -inf logit (convention: an impossible class
-        # gets a finite label derivative, so forward mode has no 0 * inf).
-        ls = log_probs_from_stats(shifted, s)
-        keep = (x > -jnp.inf) & (s > 0)
-        if mask is not None:
-            keep = keep & mask
-        dloss = _add(dloss, jnp.sum(jnp.where(keep, -ls, 0) * dy, axis=axis))
-    if dloss is None:
-        dloss = jnp.zeros_like(loss)
-    return loss, dloss
-
-
-_softmax_ce.defjvp(_softmax_ce_jvp, symbolic_zeros=True)
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _soft_ce(x, y, where, log_base, temperature, *, axis):
+    mask, rows = _checks.split_where(where, x.shape, axis)
+    cdt = _checks.compute_dtype(x.dtype, y.dtype)
+    out_dt = _checks.output_dtype(x.dtype, y.dtype)
+    x = _scale_logits(x, temperature, cdt)
+    if _checks.compute_dtype(x.dtype) != cdt:
+        x = x.astype(cdt)
+    keep = None if rows is None else jnp.expand_dims(rows, axis)
+    tgt = _eng.Target(soft=y, keep=keep)
+    out = _eng.dense_loss(x, tgt, axis=axis, mask=None if rows is not None else mask)
+    return _in_base(jnp.squeeze(out, axis), log_base).astype(out_dt)
 
 
 def softmax_cross_entropy(
@@ -91,27 +82,40 @@ def softmax_cross_entropy(
     labels: ArrayLike,
     axis: int = -1,
     where: ArrayLike | None = None,
+    *,
+    base: ArrayLike | None = None,
+    temperature: ArrayLike | None = None,
 ) -> Array:
     r"""Softmax cross-entropy with probability (soft or one-hot) labels.
 
     .. math::
-      L(z, y) = -\sum_i y_i \log \mathrm{softmax}(z)_i, \qquad
-      \frac{\partial L}{\partial z} = \Big(\sum_i y_i\Big)\mathrm{softmax}(z) - y
+      L(z, y) = -\sum_i y_i \log \mathrm{softmax}(z / T)_i, \qquad
+      \frac{\partial L}{\partial z} = \frac{1}{T}\Big(\Big(\sum_i y_i\Big)
+      \mathrm{softmax}(z / T) - y\Big)
 
-    (seed 000: :math:`\partial L/\partial z = p - y` when :math:`\sum y = 1`).
+    Plain text: ``L = -sum_i y_i log softmax(z/T)_i``; with ``T = 1`` (the
+    default) the gradient is ``(sum y) softmax(z) - y`` (seed 000: ``p - y``
+    when ``sum y = 1``).
 
     Conventions: a term with :math:`y_i = 0` is 0 even where :math:`z_i = -\infty`
     (:math:`0 \log 0 = 0`); label mass on a ``-inf`` logit gives ``+inf``, the
     true value, with a finite gradient in the logits; removed entries (``where``)
     are left out of both the softmax and the sum; a fully removed row (or one
-    whose logits are all ``-inf``, as for the integer-label loss) gives 0 with
-    gradient 0. Labels are not renormalised.
+    whose logits are all ``-inf``, or ``K = 0``) gives 0 with gradient 0. A NaN
+    logit gives a NaN row, a ``+inf`` logit NaN (outside the domain). Labels
+    are not renormalised.
+
+    ``temperature`` divides the logits before the softmax; the result is *not*
+    multiplied by :math:`T^2`. Hinton's distillation loss scales it itself:
+    ``T**2 * softmax_cross_entropy(student, softmax(teacher / T), temperature=T)``.
 
     Args:
       logits: floating array of shape ``[..., K]`` (class axis ``axis``).
       labels: probabilities with the same shape (integer one-hot allowed).
       axis: the class axis.
       where: optional mask (rank of ``logits``: classes; one less: rows).
+      base: the unit: ``None`` (nats), ``2`` (bits), any number > 0 and != 1.
+      temperature: optional :math:`T > 0` dividing the logits.
 
     Returns:
       Per-example losses (``logits.shape`` without ``axis``) in the promoted
@@ -121,138 +125,60 @@ def softmax_cross_entropy(
       >>> import jaxent, jax.numpy as jnp
       >>> float(jaxent.softmax_cross_entropy(jnp.zeros(4), jnp.array([1.0, 0, 0, 0])))
       1.386...
+      >>> float(jaxent.softmax_cross_entropy(jnp.zeros(4), jnp.array([1.0, 0, 0, 0]), base=2))
+      2.0
     """
-    x, ax, mask, dt = prepare_logits(logits, axis, where)
+    x = _checks.check_floating(logits, "logits")
     y = _checks.as_inexact(labels, "labels")
     _checks.check_same_shape(x, y, "logits", "labels")
-    out_dt = _checks.output_dtype(dt, y.dtype)
-    cdt = _checks.compute_dtype(x.dtype, y.dtype)
-    return _softmax_ce(x.astype(cdt), y.astype(cdt), mask, ax).astype(out_dt)
+    ax = _checks.canonical_axis(axis, x.ndim)
+    lb = _checks.log_base(base)
+    _check_temperature(temperature)
+    return _soft_ce(x, y, where, lb, temperature, axis=ax)
 
 
 # --------------------------------------------------------------------------- integer labels
 
 
-@jax.custom_jvp
-def _softcap(x: Array, cap: Array) -> Array:
-    return cap * jnp.tanh(x / cap)
-
-
-def _softcap_jvp(primals, tangents):
-    x, cap = primals
-    dx, dcap = tangents
-    t = jnp.tanh(x / cap)
-    sech2 = 1 - t * t
-    dout = None
-    if not _checks.is_symbolic_zero(dx):
-        # d/dx c tanh(x/c) = 1 - t^2
-        dout = sech2 * dx
-    if not _checks.is_symbolic_zero(dcap):
-        # d/dc c tanh(x/c) = t - (x/c)(1 - t^2)
-        dout = _add(dout, (t - jnp.where(sech2 != 0, x / cap * sech2, 0)) * dcap)
-    return cap * t, jnp.zeros_like(x) if dout is None else dout
-
-
-_softcap.defjvp(_softcap_jvp, symbolic_zeros=True)
-
-
 def logit_softcap(logits: ArrayLike, cap: ArrayLike) -> Array:
     r"""Soft-caps logits: :math:`c \tanh(z / c)` (Gemma 2, Grok), closed-form JVP.
 
-    ``-inf`` maps to ``-c``: use ``where`` to remove classes instead.
+    ``-inf`` (a ruled-out class) stays ``-inf``.
     """
     x = _checks.check_floating(logits, "logits")
     cdt = _checks.compute_dtype(x.dtype)
-    return _softcap(x.astype(cdt), jnp.asarray(cap, cdt)).astype(x.dtype)
+    return _eng.softcap(x.astype(cdt), jnp.asarray(cap, cdt)).astype(x.dtype)
 
 
-def _int_ce_parts(x, labels, mask, axis):
-    """Shared primal pieces of the integer-label loss.
-
-    The target logit is gathered from ``x`` itself (not from the shifted
-    logits) so that XLA fuses max, exp and sum into reductions that never
-    write an N x K intermediate in the forward pass.
-    """
-    num_classes = x.shape[axis]
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index"))
+def _int_ce(x, labels, where, class_weights, z_loss, cap, log_base, temperature, *, axis,
+            ignore_index):  # fmt: skip
+    k = x.shape[axis]
     cdt = _checks.compute_dtype(x.dtype)
-    x_in = x if mask is None else jnp.where(mask, x, -jnp.inf)  # input dtype
-    xm = x_in.astype(cdt)
-    # The max is exact in the input dtype: reducing before the upcast keeps XLA
-    # from materialising an upcast copy of the logits.
-    m = jnp.max(x_in, axis=axis, keepdims=True).astype(cdt)
-    m = jnp.where(jnp.isfinite(m), m, 0)
-    s = jnp.sum(jnp.exp(xm - m), axis=axis, keepdims=True)
-    valid = (labels >= 0) & (labels < num_classes)
-    idx = jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1), axis)
-    # Gather in the input dtype (exact), then upcast: no upcast copy of x.
-    x_y = jnp.squeeze(jnp.take_along_axis(x_in, idx, axis=axis), axis).astype(cdt)
-    m_r = jnp.squeeze(m, axis)
-    log_s = jnp.squeeze(jnp.log(s), axis)
-    empty = log_s == -jnp.inf
-    # lse - z_y = log(s) - (z_y - m): the shift cancels exactly.
-    ce = jnp.where(valid, jnp.where(empty, 0, log_s) - (x_y - m_r), jnp.nan)
-    lse = log_s + m_r
-    return ce, lse, empty, valid, idx, xm, m, s
-
-
-def _z_penalty(z_loss, lse):
-    # z_loss * lse^2, exactly 0 when z_loss = 0 (lse^2 may overflow at huge logits).
-    return jnp.where(z_loss != 0, z_loss * lse * lse, 0)
-
-
-def _weighted(weight, keep, v):
-    """``weight * v`` on kept rows, 0 elsewhere; ``weight=None`` means 1 on kept rows."""
-    if weight is None:
-        return jnp.where(keep, v, 0)
-    return jnp.where(keep & (weight != 0), weight * v, 0)
-
-
-# ``weight`` is None without class weights (the weight is then ``keep_row``) and
-# ``z_loss`` None when it is a concrete 0: the terms they would add vanish at
-# trace time instead of costing an N x K multiply in the gradient.
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _int_ce(x, labels, weight, keep_row, mask, z_loss, axis):
-    ce, lse, empty, *_ = _int_ce_parts(x, labels, mask, axis)
-    keep = keep_row & ~empty
-    loss = _weighted(weight, keep, ce)
-    if z_loss is not None:
-        loss = loss + jnp.where(keep, _z_penalty(z_loss, jnp.where(keep, lse, 0)), 0)
-    return loss
-
-
-def _int_ce_jvp(axis, primals, tangents):
-    x, labels, weight, keep_row, mask, z_loss = primals
-    dx, _, dweight, _, _, dz_loss = tangents
-    ce, lse, empty, valid, idx, xm, m, s = _int_ce_parts(x, labels, mask, axis)
-    keep = keep_row & ~empty
-    lse_k = jnp.where(keep, lse, 0)
-    loss = _weighted(weight, keep, ce)
-    if z_loss is not None:
-        loss = loss + jnp.where(keep, _z_penalty(z_loss, lse_k), 0)
-    dloss = None
-    if not _checks.is_symbolic_zero(dx):
-        # w (p - onehot) + 2 z_loss lse p, zero on removed rows. The row factor
-        # (w + 2 z_loss lse) / s is folded into one scale of exp(x - m): one
-        # multiply per entry.
-        w = jnp.ones_like(lse) if weight is None else weight
-        coef_p = w if z_loss is None else w + 2 * z_loss * lse_k
-        s_r = jnp.squeeze(s, axis)
-        scale = jnp.where(keep, coef_p / jnp.where(keep, s_r, 1), 0)
-        p_scaled = jnp.exp(xm - m) * jnp.expand_dims(scale, axis)
-        dx = clean_tangent(dx, mask).astype(p_scaled.dtype)
-        coef_y = jnp.where(keep, jnp.where(valid, w, jnp.nan), 0)
-        dx_y = jnp.squeeze(jnp.take_along_axis(dx, idx, axis=axis), axis)
-        dloss = jnp.sum(p_scaled * dx, axis=axis) - coef_y * dx_y
-    if weight is not None and not _checks.is_symbolic_zero(dweight):
-        dloss = _add(dloss, jnp.where(keep, ce, 0) * dweight)
-    if z_loss is not None and not _checks.is_symbolic_zero(dz_loss):
-        dloss = _add(dloss, lse_k * lse_k * dz_loss)
-    if dloss is None:
-        dloss = jnp.zeros_like(loss)
-    return loss, dloss
-
-
-_int_ce.defjvp(_int_ce_jvp, symbolic_zeros=True)
+    out_dt = x.dtype
+    mask, rows = _checks.split_where(where, x.shape, axis)
+    wide, valid = _checks.labels_in_range(labels, k)
+    keep = rows
+    if ignore_index is not None:
+        kept = wide != jnp.asarray(ignore_index).astype(wide.dtype)
+        keep = kept if keep is None else keep & kept
+    if k == 0:
+        return jnp.zeros(wide.shape, out_dt)
+    idx = jnp.expand_dims(jnp.clip(wide, 0, k - 1), axis)
+    valid = jnp.expand_dims(valid, axis)
+    w_y = jnp.ones((), cdt) if class_weights is None else class_weights.astype(cdt)[idx]
+    t = jnp.where(valid, w_y, jnp.asarray(jnp.nan, cdt))
+    x = _scale_logits(x, temperature, cdt)
+    if cap is not None:
+        x = _eng.softcap(x.astype(cdt), jnp.asarray(cap).astype(cdt))
+    tgt = _eng.Target(
+        labels=idx,
+        t=t,
+        keep=None if keep is None else jnp.expand_dims(keep, axis),
+        z_loss=None if z_loss is None else jnp.asarray(z_loss).astype(cdt),
+    )
+    out = _eng.dense_loss(x, tgt, axis=axis, mask=mask if rows is None else None)
+    return _in_base(jnp.squeeze(out, axis), log_base).astype(out_dt)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -265,6 +191,8 @@ def softmax_cross_entropy_with_integer_labels(
     class_weights: ArrayLike | None = None,
     z_loss: float | ArrayLike = 0.0,
     logit_softcap: float | None = None,
+    base: ArrayLike | None = None,
+    temperature: ArrayLike | None = None,
 ) -> Array:
     r"""Softmax cross-entropy with integer class labels.
 
@@ -273,9 +201,11 @@ def softmax_cross_entropy_with_integer_labels(
       \qquad \frac{\partial L}{\partial z} = w_y(\mathrm{softmax}(z) - e_y)
       + 2\lambda_z\,\mathrm{lse}(z)\,\mathrm{softmax}(z)
 
-    with :math:`w_y` = ``class_weights[label]`` (1 without class weights), the
-    PaLM z-loss weight :math:`\lambda_z` = ``z_loss``, and, with
-    ``logit_softcap`` = c, logits replaced by :math:`c\tanh(z/c)` first.
+    Plain text: ``L = w_y (lse(z) - z_y) + z_loss lse(z)^2`` with ``w_y`` =
+    ``class_weights[label]`` (1 without class weights), the PaLM z-loss weight
+    :math:`\lambda_z` = ``z_loss``; with ``logit_softcap`` = c the logits are
+    replaced by :math:`c\tanh(z/c)` first (``-inf`` stays ``-inf``), then
+    divided by ``temperature`` (not multiplied back by :math:`T^2`).
 
     Conventions:
       * Rows whose label equals ``ignore_index``, and rows removed by a row
@@ -283,10 +213,13 @@ def softmax_cross_entropy_with_integer_labels(
         ``reduction="mean"`` PyTorch divides by the summed weights of kept rows:
         :func:`jaxent.weighted_mean` reproduces that.
       * A label outside ``[0, K)`` that is not ``ignore_index`` gives NaN for
-        that row (loss and gradient), so it cannot silently train on a wrong
-        class; ``jaxent.checked`` reports the first offending index.
+        that row (loss and gradient), whatever the class weights, so it cannot
+        silently train on a wrong class; ``jaxent.checked`` reports the first
+        offending index. Any integer dtype works (``int8`` labels are compared
+        in a wide dtype).
       * A label whose class is removed by ``where`` (or has a ``-inf`` logit)
-        gives ``+inf``, the true value; a row with no class left gives 0.
+        gives ``+inf``, the true value; a row with no class left (or ``K = 0``)
+        gives 0. A NaN logit gives a NaN row; ``+inf`` logits give NaN.
       * The z-loss is not scaled by the class weight.
 
     Args:
@@ -298,12 +231,19 @@ def softmax_cross_entropy_with_integer_labels(
       class_weights: floating ``[K]`` weights (PyTorch's ``weight``).
       z_loss: weight of the :math:`\mathrm{lse}^2` penalty (0 disables it).
       logit_softcap: if given, the cap c > 0 of :math:`c\tanh(z/c)`.
+      base: the unit: ``None`` (nats), ``2`` (bits), any number > 0 and != 1.
+      temperature: optional :math:`T > 0` dividing the logits.
 
     Returns:
       Per-example losses in the dtype of ``logits`` (computed in >= float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.softmax_cross_entropy_with_integer_labels(jnp.zeros((1, 4)), jnp.array([2]))
+      Array([1.3862944], dtype=float32)
     """
     logits = _checks.check_floating(logits, "logits")
-    labels = _checks.check_integer(labels, "labels")
+    labels = _checks.check_labels(labels, "labels")
     ax = _checks.canonical_axis(axis, logits.ndim)
     row_shape = logits.shape[:ax] + logits.shape[ax + 1 :]
     if labels.shape != row_shape:
@@ -311,51 +251,16 @@ def softmax_cross_entropy_with_integer_labels(
             f"`labels` must have the shape of `logits` without the class axis,"
             f" {row_shape}, got {labels.shape} (logits shape {logits.shape}, axis={axis})."
         )
-    num_classes = logits.shape[ax]
-    dt = logits.dtype
-    cdt = _checks.compute_dtype(dt)
-    x = logits  # upcast inside the kernel, fused with the reductions
     if logit_softcap is not None:
-        _checks.check_scalar_range(
-            logit_softcap, "logit_softcap", 0, float("inf"), low_closed=False
-        )
-        x = _softcap(x.astype(cdt), jnp.asarray(logit_softcap, cdt))
-    _checks.check_scalar_range(z_loss, "z_loss", 0, float("inf"))
-    mask = None
-    keep_row = jnp.ones(row_shape, bool)
-    if where is not None:
-        full = _checks.normalize_where(where, logits.shape, ax)
-        if jnp.ndim(where) == logits.ndim - 1:  # a mask of rows
-            keep_row = jnp.broadcast_to(jnp.asarray(where) != 0, row_shape)
-        else:  # a mask of classes
-            mask = full
-    if ignore_index is not None:
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}.")
-        keep_row = keep_row & (labels != ignore_index)
-    if class_weights is not None:
-        cw = _checks.check_floating(class_weights, "class_weights")
-        if cw.shape != (num_classes,):
-            raise ValueError(
-                f"`class_weights` must have shape ({num_classes},), one weight per class,"
-                f" got {cw.shape}."
-            )
-        weight = cw.astype(cdt)[jnp.clip(labels, 0, num_classes - 1)]
-        weight = jnp.where(keep_row, weight, 0)
-    else:
-        weight = None  # 1 on kept rows
-    z_loss = None if _is_concrete_zero(z_loss) else jnp.asarray(z_loss, cdt)
-    return _int_ce(x, labels, weight, keep_row, mask, z_loss, ax).astype(dt)
-
-
-def _is_concrete_zero(v) -> bool:
-    """A value known to be 0 at trace time (a Python or concrete array 0)."""
-    if isinstance(v, jax.core.Tracer):
-        return False
-    try:
-        return bool(np.all(np.asarray(v) == 0))
-    except (TypeError, ValueError):
-        return False
+        _checks.check_positive(logit_softcap, "logit_softcap")
+    _checks.check_nonnegative(z_loss, "z_loss")
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    cw = _checks.check_class_weights(class_weights, logits.shape[ax])
+    lb = _checks.log_base(base)
+    _check_temperature(temperature)
+    zl = None if _is_concrete_zero(z_loss) else z_loss
+    return _int_ce(logits, labels, where, cw, zl, logit_softcap, lb, temperature, axis=ax,
+                   ignore_index=ignore_index)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- binary
@@ -395,6 +300,7 @@ def sigmoid_binary_cross_entropy(
     labels: ArrayLike,
     *,
     pos_weight: ArrayLike | None = None,
+    base: ArrayLike | None = None,
 ) -> Array:
     r"""Elementwise sigmoid binary cross-entropy (PyTorch's ``binary_cross_entropy_with_logits``).
 
@@ -412,6 +318,7 @@ def sigmoid_binary_cross_entropy(
       labels: targets in [0, 1], broadcastable to ``logits``.
       pos_weight: weight :math:`w_+` of positive examples, broadcastable to
         ``logits`` (PyTorch's ``pos_weight``, one per class on the last axis).
+      base: the unit: ``None`` (nats), ``2`` (bits), any number > 0 and != 1.
 
     Returns:
       Elementwise losses with the shape and dtype of ``logits``.
@@ -437,7 +344,7 @@ def sigmoid_binary_cross_entropy(
     z = logits.astype(cdt)
     y = jnp.broadcast_to(y.astype(cdt), z.shape)
     pw = jnp.broadcast_to(pw, z.shape)
-    return _sigmoid_bce(z, y, pw).astype(out_dt)
+    return _in_base(_sigmoid_bce(z, y, pw), _checks.log_base(base)).astype(out_dt)
 
 
 @jax.custom_jvp
@@ -472,7 +379,9 @@ def _bce_jvp(primals, tangents):
 _bce.defjvp(_bce_jvp, symbolic_zeros=True)
 
 
-def binary_cross_entropy(probs: ArrayLike, labels: ArrayLike) -> Array:
+def binary_cross_entropy(
+    probs: ArrayLike, labels: ArrayLike, *, base: ArrayLike | None = None
+) -> Array:
     r"""Elementwise binary cross-entropy from probabilities.
 
     .. math::
@@ -486,6 +395,7 @@ def binary_cross_entropy(probs: ArrayLike, labels: ArrayLike) -> Array:
     Args:
       probs: probabilities in [0, 1].
       labels: targets in [0, 1], same shape as ``probs``.
+      base: the unit: ``None`` (nats), ``2`` (bits), any number > 0 and != 1.
 
     Returns:
       Elementwise losses in the floating dtype of the inputs.
@@ -494,7 +404,8 @@ def binary_cross_entropy(probs: ArrayLike, labels: ArrayLike) -> Array:
     y = _checks.as_inexact(labels, "labels")
     _checks.check_same_shape(p, y, "probs", "labels")
     cdt = _checks.compute_dtype(p.dtype, y.dtype)
-    return _bce(p.astype(cdt), y.astype(cdt)).astype(_checks.output_dtype(p.dtype, y.dtype))
+    out = _in_base(_bce(p.astype(cdt), y.astype(cdt)), _checks.log_base(base))
+    return out.astype(_checks.output_dtype(p.dtype, y.dtype))
 
 
 # --------------------------------------------------------------------------- reduction

@@ -28,6 +28,7 @@ between the true logit and every other one is finite
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxent import _checks
-from jaxent import _softmax as _sm
+from jaxent import _engine as _eng
+from jaxent._losses import _in_base
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -69,23 +71,6 @@ def _check_num_classes(num_classes: Any) -> int | None:
     if num_classes < 1:
         raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
     return int(num_classes)
-
-
-def _check_class_weights(class_weights: Any, num_classes: int, dtype: Any) -> Array | None:
-    if class_weights is None:
-        return None
-    w = _checks.check_floating(class_weights, "class_weights")
-    if w.shape != (num_classes,):
-        raise ValueError(
-            f"`class_weights` must have shape ({num_classes},) (one weight per class),"
-            f" got {w.shape}."
-        )
-    return w.astype(dtype)
-
-
-def _has_tangent(t: Any) -> bool:
-    """Whether a custom-JVP tangent is a real (non-``None``, non-symbolic-zero) array."""
-    return t is not None and not _checks.is_symbolic_zero(t)
 
 
 def _is_integer(x: Array) -> bool:
@@ -182,13 +167,14 @@ def smooth_labels(
             )
         ax = _checks.canonical_axis(axis, labels.ndim + 1)
         dt = jnp.result_type(float)
-        y = jnp.expand_dims(labels, ax)
-        iota = jnp.arange(num_classes, dtype=labels.dtype)
-        iota = iota.reshape(_class_shape(labels.ndim + 1, ax, num_classes))
-        onehot = (y == iota).astype(dt)
-        eps = jnp.asarray(epsilon, dt)
+        # Compared in a wide dtype: int8 label 10 with 300 classes must not wrap.
+        wide, valid = _checks.labels_in_range(labels, num_classes)
+        y = jnp.expand_dims(wide, ax)
+        valid = jnp.expand_dims(valid, ax)
+        shape = wide.shape[:ax] + (num_classes,) + wide.shape[ax:]
+        onehot = (jax.lax.broadcasted_iota(wide.dtype, shape, ax) == y).astype(dt)
+        eps = jnp.asarray(epsilon).astype(dt)
         out = _smooth(onehot, eps, num_classes, convention)
-        valid = (y >= 0) & (y < num_classes)
         return jnp.where(valid, out, jnp.nan)
     labels = _checks.as_inexact(labels, "labels")
     ax = _checks.canonical_axis(axis, labels.ndim)
@@ -203,148 +189,71 @@ def smooth_labels(
     return _smooth(labels.astype(dt), eps, k, convention).astype(labels.dtype)
 
 
-# --------------------------------------------------------------------------- kernels
+# --------------------------------------------------------------------------- kernel
 
 
-def _finite_or_zero(lp: Array) -> Array:
-    """Log-probabilities with ``-inf`` (removed or impossible classes) replaced by 0.
+def _smoothing_rows(eps, k_row, convention):
+    """``(true-class factor, spread coefficient)`` per row for integer labels.
 
-    Used only in the derivatives with respect to the target weights, where a
-    ``-inf`` log-probability multiplies a tangent that is zero there.
+    ``uniform``: ``(1 - eps, eps / K)``; ``off_target``: ``(1 - eps, eps / (K - 1))``,
+    or ``(1, 0)`` with a single (kept) class.
     """
-    return jnp.where(lp > -jnp.inf, lp, 0)
+    one = jnp.ones((), eps.dtype)
+    zero = jnp.zeros((), eps.dtype)
+    if convention == "uniform":
+        if isinstance(k_row, int):
+            return one - eps, eps / k_row
+        return one - eps, eps / jnp.where(k_row > 0, k_row, one)
+    n_off = k_row - 1
+    if isinstance(n_off, int):
+        return (one - eps, eps / n_off) if n_off > 0 else (one, zero)
+    has = n_off > 0
+    return jnp.where(has, one - eps, one), jnp.where(has, eps / jnp.where(has, n_off, one), zero)
 
 
-def _class_shape(ndim: int, axis: int, k: int) -> tuple[int, ...]:
-    return tuple(k if i == axis else 1 for i in range(ndim))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
-def _integer_core(
-    x: Array,
-    y: Array,
-    mask: Array | None,
-    t: Array,
-    coef: Array,
-    w: Array | None,
-    axis: int,
-    exclude_true: bool,
-) -> Array:
-    r"""``-t * lp_y - coef * sum_{c in R} w_c lp_c`` with reductions only.
-
-    ``y`` (clipped labels), ``t`` and ``coef`` have the class axis kept with
-    size 1; ``R`` is the kept classes, without ``y`` when ``exclude_true``.
-    An empty row (no kept class, or all logits ``-inf``) gives 0.
-    """
-    _, _, s, m = _sm.row_stats(x, mask, axis)
-    # Weight of each class: t on the true class, coef * w_c on the smoothing
-    # classes R; weighted_nll keeps terms exact where x - m overflows.
-    sel = _rest_selection(x.shape, y, mask, axis, exclude_true)
-    a = (
-        jnp.broadcast_to(coef, x.shape)
-        if w is None
-        else coef * w.reshape(_class_shape(x.ndim, axis, w.shape[0]))
-    )
-    if sel is not None:
-        a = jnp.where(sel, a, 0)
-    x_y = jnp.take_along_axis(x if mask is None else jnp.where(mask, x, -jnp.inf), y, axis=axis)
-    true_part = t * _sm.log_row_sum(s) - 2 * jnp.where(t != 0, t * (0.5 * x_y - 0.5 * m), 0)
-    rest_part = jnp.where(coef != 0, _sm.weighted_nll(a, x, m, s, axis), 0)
-    return jnp.where(s > 0, true_part + rest_part, 0)
-
-
-def _rest_selection(
-    shape: tuple[int, ...], y: Array, mask: Array | None, axis: int, exclude_true: bool
-) -> Array | None:
-    """Boolean selection of the smoothing classes ``R`` (``None``: all of them)."""
-    sel = mask
-    if exclude_true:
-        iota = jax.lax.broadcasted_iota(y.dtype, shape, axis)
-        off = iota != y
-        sel = off if sel is None else sel & off
-    return sel
-
-
-def _integer_core_jvp(axis, exclude_true, primals, tangents):
-    x, y, mask, t, coef, w = primals
-    dx, _, _, dt, dcoef, dw = tangents
-    out = _integer_core(x, y, mask, t, coef, w, axis, exclude_true)
-    shifted, _, s, _ = _sm.row_stats(x, mask, axis)
-    t = jnp.where(s > 0, t, 0)  # an empty row has loss 0 and gradient 0
-    coef = jnp.where(s > 0, coef, 0)
-    sel = _rest_selection(x.shape, y, mask, axis, exclude_true)
-    wb = None if w is None else w.reshape(_class_shape(x.ndim, axis, w.shape[0]))
-    tan = jnp.zeros_like(out)
-    if _has_tangent(dx):
-        # d loss = <S p - a, dx>, a = t e_y + coef w 1_R, S = sum(a).
-        p = _sm._softmax(x, mask, axis)
-        dx = _sm.clean_tangent(dx, mask)
-        if wb is None:
-            w_rest = (
-                jnp.asarray(x.shape[axis], x.dtype)
-                if sel is None
-                else jnp.sum(sel, axis=axis, keepdims=True, dtype=x.dtype)
-            )
-            wdx_rest = jnp.sum(dx if sel is None else jnp.where(sel, dx, 0), axis, keepdims=True)
-        else:
-            wsel = wb if sel is None else jnp.where(sel, wb, 0)
-            w_rest = jnp.sum(jnp.broadcast_to(wsel, x.shape), axis=axis, keepdims=True)
-            wdx_rest = jnp.sum(wsel * dx, axis=axis, keepdims=True)
-        total = t + jnp.where(coef != 0, coef * w_rest, 0)
-        dx_y = jnp.take_along_axis(dx, y, axis=axis)
-        tan = (
-            tan
-            + total * jnp.sum(p * dx, axis=axis, keepdims=True)
-            - t * dx_y
-            - jnp.where(coef != 0, coef, 0) * wdx_rest
-        )
-    if _has_tangent(dt) or _has_tangent(dcoef) or _has_tangent(dw):
-        lp = _finite_or_zero(_sm.log_probs_from_stats(shifted, s))
-        lp_rest = lp if sel is None else jnp.where(sel, lp, 0)
-        if _has_tangent(dt):
-            tan = tan - dt * jnp.take_along_axis(lp, y, axis=axis)
-        if _has_tangent(dcoef):
-            wlp = lp_rest if wb is None else wb * lp_rest
-            tan = tan - dcoef * jnp.sum(wlp, axis=axis, keepdims=True)
-        if _has_tangent(dw):
-            dwb = dw.reshape(_class_shape(x.ndim, axis, w.shape[0]))
-            tan = tan - coef * jnp.sum(lp_rest * dwb, axis=axis, keepdims=True)
-    return out, tan
-
-
-_integer_core.defjvp(_integer_core_jvp, symbolic_zeros=True)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _soft_core(x: Array, a: Array, mask: Array | None, axis: int) -> Array:
-    """``-sum_c a_c lp_c`` with ``0 * lp = 0``; ``a`` is zero on removed entries.
-
-    An empty row (no kept class, or all logits ``-inf``) gives 0.
-    """
-    _, _, s, m = _sm.row_stats(x, mask, axis)
-    return jnp.where(s > 0, _sm.weighted_nll(a, x, m, s, axis), 0)
-
-
-def _soft_core_jvp(axis, primals, tangents):
-    x, a, mask = primals
-    dx, da, _ = tangents
-    out = _soft_core(x, a, mask, axis)
-    shifted, _, s, _ = _sm.row_stats(x, mask, axis)
-    tan = jnp.zeros_like(out)
-    if _has_tangent(dx):
-        # d loss = <sum(a) p - a, dx>  (= softmax - smoothed labels for a normalised target)
-        p = _sm._softmax(x, mask, axis)
-        dx = _sm.clean_tangent(dx, mask)
-        a = jnp.where(s > 0, a, 0)  # an empty row has loss 0 and gradient 0
-        total = jnp.sum(a, axis=axis, keepdims=True)
-        tan = tan + jnp.sum((total * p - a) * dx, axis=axis, keepdims=True)
-    if _has_tangent(da):
-        lp = _finite_or_zero(_sm.log_probs_from_stats(shifted, s))
-        tan = tan - jnp.sum(lp * da, axis=axis, keepdims=True)
-    return out, tan
-
-
-_soft_core.defjvp(_soft_core_jvp, symbolic_zeros=True)
+@functools.partial(jax.jit, static_argnames=("axis", "convention", "ignore_index", "integer"))
+def _ls_ce(x, labels, eps, where, class_weights, log_base, *, axis, convention, ignore_index,
+           integer):  # fmt: skip
+    k = x.shape[axis]
+    mask, rows = _checks.split_where(where, x.shape, axis)
+    if integer:
+        cdt = _checks.compute_dtype(x.dtype)
+        out_dt = x.dtype
+    else:
+        cdt = _checks.compute_dtype(x.dtype, labels.dtype)
+        out_dt = x.dtype
+        if jnp.issubdtype(labels.dtype, jnp.floating):
+            out_dt = _checks.output_dtype(x.dtype, labels.dtype)
+        if _checks.compute_dtype(x.dtype) != cdt:
+            x = x.astype(cdt)
+    eps = jnp.asarray(eps).astype(cdt)
+    w = None if class_weights is None else class_weights.astype(cdt)
+    keep = None if rows is None else jnp.expand_dims(rows, axis)
+    entry_mask = mask if rows is None else None
+    k_row = k if entry_mask is None else jnp.sum(entry_mask, axis, keepdims=True, dtype=cdt)
+    if integer:
+        wide, valid = _checks.labels_in_range(labels, k)
+        if ignore_index is not None:
+            kept = jnp.expand_dims(wide != jnp.asarray(ignore_index).astype(wide.dtype), axis)
+            keep = kept if keep is None else keep & kept
+        if k == 0:
+            return jnp.zeros(wide.shape, out_dt)
+        idx = jnp.expand_dims(jnp.clip(wide, 0, k - 1), axis)
+        true_f, coef = _smoothing_rows(eps, k_row, convention)
+        w_y = jnp.ones((), cdt) if w is None else w[idx]
+        t = jnp.where(jnp.expand_dims(valid, axis), true_f * w_y, jnp.asarray(jnp.nan, cdt))
+        tgt = _eng.Target(labels=idx, t=t, coef=coef, weights=w, keep=keep)
+        out = _eng.dense_loss(x, tgt, axis=axis, mask=entry_mask,
+                              exclude_true=convention == "off_target")  # fmt: skip
+    else:
+        # uniform: (1-eps) y + eps/K; off_target: (1 - eps - eps/(K-1)) y + eps/(K-1).
+        true_f, coef = _smoothing_rows(eps, k_row, "uniform")
+        if convention == "off_target":
+            _, coef = _smoothing_rows(eps, k_row, "off_target")
+            true_f = jnp.ones((), cdt) - eps - coef
+        tgt = _eng.Target(coef=coef, weights=w, soft=labels, scale=true_f, keep=keep)
+        out = _eng.dense_loss(x, tgt, axis=axis, mask=entry_mask)
+    return _in_base(jnp.squeeze(out, axis), log_base).astype(out_dt)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -360,6 +269,7 @@ def label_smoothed_cross_entropy(
     where: ArrayLike | None = None,
     ignore_index: int | None = None,
     class_weights: ArrayLike | None = None,
+    base: ArrayLike | None = None,
 ) -> Array:
     r"""Softmax cross-entropy against smoothed labels, per example.
 
@@ -414,6 +324,7 @@ def label_smoothed_cross_entropy(
       ignore_index: integer labels equal to it give loss 0 and gradient 0.
       class_weights: optional floating array of shape ``(K,)``, one weight per
         class (PyTorch's ``weight``).
+      base: the unit: ``None`` (nats), ``2`` (bits), any number > 0 and != 1.
 
     Returns:
       The per-example loss, ``logits.shape`` without ``axis``, in the dtype of
@@ -434,104 +345,64 @@ def label_smoothed_cross_entropy(
     """
     convention = _checks.check_option(convention, "convention", CONVENTIONS)
     _check_epsilon(epsilon)
-    x, ax, mask, out_dt = _sm.prepare_logits(logits, axis, where)
-    k = x.shape[ax]
-    w = _check_class_weights(class_weights, k, x.dtype)
-    eps = jnp.asarray(epsilon).astype(x.dtype)
+    x = _checks.check_floating(logits, "logits")
+    ax = _checks.canonical_axis(axis, x.ndim)
+    cw = _checks.check_class_weights(class_weights, x.shape[ax])
+    lb = _checks.log_base(base)
+    ignore_index = _checks.check_ignore_index(ignore_index)
     labels = jnp.asarray(labels)
-    if mask is None:
-        k_row: Any = k
-        has_any: Any = True
-    else:
-        k_row = jnp.sum(mask, axis=ax, keepdims=True, dtype=x.dtype)
-        has_any = k_row > 0
-
-    if _is_integer(labels):
+    integer = _is_integer(labels)
+    if integer:
+        labels = _checks.check_labels(labels)
         row_shape = x.shape[:ax] + x.shape[ax + 1 :]
         if labels.shape != row_shape:
             raise ValueError(
                 f"integer `labels` must have the shape of `logits` without the class axis,"
                 f" {row_shape}, got {labels.shape} (logits shape {x.shape}, axis={axis})."
             )
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-        ):
-            raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}.")
-        out = _integer_loss(
-            x, labels, mask, eps, w, k, k_row, has_any, ax, convention, ignore_index
-        )
-        return jnp.squeeze(out, axis=ax).astype(out_dt)
-
-    if ignore_index is not None:
-        raise ValueError(
-            "`ignore_index` applies to integer labels only; for probability labels mask"
-            " the rows with `where`."
-        )
-    label_floating = jnp.issubdtype(labels.dtype, jnp.floating)
-    labels = _checks.as_inexact(labels, "labels")
-    if labels.shape != x.shape:
-        raise ValueError(
-            "probability `labels` must have the shape of `logits`,"
-            f" {x.shape}, got {labels.shape}. Integer labels must have an integer dtype."
-        )
-    if label_floating:
-        out_dt = _checks.output_dtype(out_dt, labels.dtype)
-    dt = _checks.compute_dtype(x.dtype, labels.dtype)
-    x = x.astype(dt)
-    y = labels.astype(dt)
-    if mask is not None:
-        y = jnp.where(mask, y, 0)
-    target = _smooth(y, eps.astype(dt), k_row, convention)
-    if w is not None:
-        target = target * w.astype(dt).reshape(_class_shape(x.ndim, ax, k))
-    if mask is not None:
-        target = jnp.where(mask, target, 0)
-    out = _soft_core(x, target, mask, ax)
-    return jnp.squeeze(out, axis=ax).astype(out_dt)
-
-
-def _integer_loss(
-    x: Array,
-    labels: Array,
-    mask: Array | None,
-    eps: Array,
-    w: Array | None,
-    k: int,
-    k_row: Any,
-    has_any: Any,
-    ax: int,
-    convention: str,
-    ignore_index: int | None,
-) -> Array:
-    """Per-row weights of the true class and of the smoothing classes, then the kernel."""
-    y = jnp.expand_dims(labels, ax)
-    in_range = (y >= 0) & (y < k)
-    yc = jnp.clip(y, 0, k - 1)
-    ignored = (y == ignore_index) if ignore_index is not None else jnp.zeros_like(in_range)
-    on = ~ignored & has_any
-    w_y = jnp.ones((), x.dtype) if w is None else jnp.take(w, yc)
-    if convention == "uniform":
-        t = (1.0 - eps) * w_y
-        coef = eps / (k_row if isinstance(k_row, int) else jnp.where(k_row > 0, k_row, 1))
-        exclude_true = False
     else:
-        n_off = k_row - 1
-        if isinstance(n_off, int):
-            t = (1.0 - eps) * w_y if n_off > 0 else w_y * jnp.ones_like(eps)
-            coef = eps / n_off if n_off > 0 else jnp.zeros_like(eps)
-        else:
-            t = jnp.where(n_off > 0, 1.0 - eps, 1.0) * w_y
-            coef = jnp.where(n_off > 0, eps / jnp.where(n_off > 0, n_off, 1), 0)
-        exclude_true = True
-    t = jnp.where(on, t, 0)
-    coef = jnp.where(on, coef, 0)
-    invalid = ~ignored & ~in_range & has_any
-    t = jnp.where(invalid, jnp.nan, t)
-    coef = jnp.where(invalid, jnp.nan, coef)
-    return _integer_core(x, yc, mask, t, coef, w, ax, exclude_true)
+        if ignore_index is not None:
+            raise ValueError(
+                "`ignore_index` applies to integer labels only; for probability labels mask"
+                " the rows with `where`."
+            )
+        labels = _checks.as_inexact(labels, "labels")
+        if labels.shape != x.shape:
+            raise ValueError(
+                "probability `labels` must have the shape of `logits`,"
+                f" {x.shape}, got {labels.shape}. Integer labels must have an integer dtype."
+            )
+    return _ls_ce(x, labels, epsilon, where, cw, lb, axis=ax, convention=convention,
+                  ignore_index=ignore_index, integer=integer)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- wrapper
+
+
+_INTEGER_LABEL_LOSS = "softmax_cross_entropy_with_integer_labels"
+
+
+def _reject_integer_label_loss(loss_fn: Callable[..., Array]) -> None:
+    """``with_label_smoothing`` hands its wrapped loss probability labels."""
+    from jaxent._losses import softmax_cross_entropy_with_integer_labels
+
+    name = getattr(loss_fn, "__name__", "")
+    if (
+        loss_fn is softmax_cross_entropy_with_integer_labels
+        or name.endswith(_INTEGER_LABEL_LOSS)
+        or "integer_labels" in name
+    ):
+        raise TypeError(
+            f"`loss_fn`={name or loss_fn!r} takes integer labels, but `with_label_smoothing`"
+            " passes it smoothed probability labels [..., K]. Wrap a soft-label loss"
+            " (e.g. `optax.losses.softmax_cross_entropy` or `jaxent.softmax_cross_entropy`),"
+            " or call `jaxent.label_smoothed_cross_entropy(logits, labels, epsilon)` directly."
+        )
+    if loss_fn is label_smoothed_cross_entropy:
+        raise TypeError(
+            "`loss_fn`=label_smoothed_cross_entropy already smooths its labels: call it"
+            " directly instead of wrapping it."
+        )
 
 
 def with_label_smoothing(
@@ -540,38 +411,52 @@ def with_label_smoothing(
     *,
     convention: str = "uniform",
     num_classes: int | None = None,
+    ignore_index: int | None = None,
 ) -> Callable[..., Array]:
     r"""Wraps an optax-style loss that takes probability labels so it smooths them first.
 
     .. math::
       \mathrm{wrapped}(z, y, \ldots) = \mathrm{loss\_fn}(z, \tilde y(y), \ldots)
 
+    Plain text: ``wrapped(z, y, ...) = loss_fn(z, smooth_labels(y, epsilon), ...)``
     with :math:`\tilde y` from :func:`smooth_labels` (``convention="uniform"``:
     :math:`(1-\varepsilon)\,y + \varepsilon/K`, optax/PyTorch; ``"off_target"``:
     :math:`1-\varepsilon` on the true class, :math:`\varepsilon/(K-1)`
-    elsewhere). The wrapped function has the signature of ``loss_fn``,
-    ``loss_fn(logits, labels, *args, **kwargs)``, and accepts integer class
-    indices or one-hot/probability labels. The class axis is read from an
-    ``axis`` keyword argument if one is passed (default ``-1``); integer
-    labels are one-hot encoded along it with :math:`K` = ``num_classes`` or
-    the size of that axis of ``logits``. It is a pure function of its inputs:
-    ``jit``, ``vmap`` and ``grad`` apply, and ``epsilon`` may be a traced value
-    (build the wrapper inside the jitted step for a schedule).
+    elsewhere). The wrapped function takes ``loss_fn``'s arguments,
+    ``(logits, labels, *args, **kwargs)``, and accepts integer class indices
+    or one-hot/probability labels. The class axis is read from an ``axis``
+    keyword argument if one is passed (default ``-1``); integer labels are
+    one-hot encoded along it with :math:`K` = ``num_classes`` or the size of
+    that axis of ``logits``. The smoothed labels are in the dtype of floating
+    ``logits`` (so a bfloat16 loss stays bfloat16). It is a pure function:
+    ``jit``, ``vmap`` and ``grad`` apply, and ``epsilon`` may be a traced
+    value (build the wrapper inside the jitted step for a schedule).
 
-    The smoothing spreads over all :math:`K` classes; for masked classes or
-    ignored rows use :func:`label_smoothed_cross_entropy`. Integer labels
-    outside ``[0, K)`` give NaN labels (and so a NaN loss) for their row.
+    Wrapping :func:`jaxent.softmax_cross_entropy` without ``where`` takes a
+    fast path: the call goes to :func:`label_smoothed_cross_entropy`, which
+    builds no ``[N, K]`` smoothed array (same values).
+
+    Dropping rows: integer labels outside ``[0, K)`` give NaN labels (a NaN
+    row), so a PyTorch-style ``-100`` must be handled: pass
+    ``ignore_index=-100`` here (those rows get all-zero labels, so a
+    cross-entropy gives 0 with gradient 0), or remove the rows with the
+    wrapped loss's ``where`` row mask. The smoothing spreads over all
+    :math:`K` classes; for masked classes use :func:`label_smoothed_cross_entropy`.
 
     Args:
       loss_fn: a loss ``loss_fn(logits, labels, *args, **kwargs)`` taking
         probability labels, e.g. ``optax.losses.softmax_cross_entropy`` or
-        ``jaxent.softmax_cross_entropy``.
+        ``jaxent.softmax_cross_entropy``. An integer-label loss is rejected
+        with a ``TypeError``.
       epsilon: the smoothing factor in :math:`[0, 1)`.
       convention: ``"uniform"`` or ``"off_target"``.
       num_classes: optional :math:`K`, checked against ``logits``.
+      ignore_index: optional integer label whose rows get all-zero labels.
 
     Returns:
-      The wrapped loss (``functools.wraps(loss_fn)``).
+      The wrapped loss, named ``label_smoothed_<loss_fn name>``, with
+      ``loss_fn``'s signature and a docstring stating ``epsilon`` and the
+      convention.
 
     Example:
       >>> import jaxent, optax, jax.numpy as jnp
@@ -581,11 +466,15 @@ def with_label_smoothing(
     """
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable, got {loss_fn!r}.")
+    _reject_integer_label_loss(loss_fn)
     convention = _checks.check_option(convention, "convention", CONVENTIONS)
     _check_epsilon(epsilon)
     num_classes = _check_num_classes(num_classes)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    from jaxent._losses import softmax_cross_entropy
 
-    @functools.wraps(loss_fn)
+    fast = loss_fn is softmax_cross_entropy
+
     def smoothed_loss(logits: ArrayLike, labels: ArrayLike, *args: Any, **kwargs: Any) -> Array:
         logits_arr = jnp.asarray(logits)
         labels_arr = jnp.asarray(labels)
@@ -596,16 +485,52 @@ def with_label_smoothing(
             raise ValueError(
                 f"`num_classes`={num_classes} does not match `logits.shape[{axis}]`={k}."
             )
-        if _is_integer(labels_arr):
+        integer = _is_integer(labels_arr)
+        if fast and not args and kwargs.get("where") is None and set(kwargs) <= {"axis", "base"}:
+            if not integer or ignore_index is None:
+                return label_smoothed_cross_entropy(
+                    logits_arr, labels_arr, epsilon, convention=convention, **kwargs
+                )
+        if integer:
             smoothed = smooth_labels(
                 labels_arr, epsilon, num_classes=k, convention=convention, axis=ax
             )
-            if jnp.issubdtype(logits_arr.dtype, jnp.floating):
-                smoothed = smoothed.astype(_checks.compute_dtype(logits_arr.dtype))
+            if ignore_index is not None:
+                wide = labels_arr.astype(_checks.wide_label_dtype(labels_arr.dtype))
+                drop = jnp.expand_dims(wide == ignore_index, ax)
+                smoothed = jnp.where(drop, jnp.zeros((), smoothed.dtype), smoothed)
         else:
             smoothed = smooth_labels(labels_arr, epsilon, convention=convention, axis=ax)
+        if jnp.issubdtype(logits_arr.dtype, jnp.floating):
+            smoothed = smoothed.astype(logits_arr.dtype)
         return loss_fn(logits, smoothed, *args, **kwargs)
 
+    inner = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    smoothed_loss.__name__ = smoothed_loss.__qualname__ = f"label_smoothed_{inner}"
+    smoothed_loss.__module__ = getattr(loss_fn, "__module__", __name__)
+    try:
+        smoothed_loss.__signature__ = inspect.signature(loss_fn)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pass
+    eps_text = epsilon if isinstance(epsilon, (int, float)) else "a traced value"
+    smoothed_loss.__doc__ = (
+        f"``{inner}`` against smoothed labels: ``{inner}(logits, smooth_labels(labels,"
+        f" epsilon={eps_text}, convention={convention!r}), ...)``.\n\n"
+        + (
+            "Convention 'uniform': the true class gets 1 - eps + eps/K, every other class eps/K."
+            if convention == "uniform"
+            else "Convention 'off_target': the true class gets 1 - eps, every other class"
+            " eps/(K - 1)."
+        )
+        + "\nInteger labels are one-hot encoded along ``axis`` (default -1); labels outside"
+        " [0, K) give a NaN row"
+        + (
+            f", except ignore_index={ignore_index} (all-zero labels)."
+            if ignore_index is not None
+            else "; drop rows with the wrapped loss's ``where``."
+        )
+        + f"\nBuilt by jaxent.with_label_smoothing; see {inner} for the arguments."
+    )
     return smoothed_loss
 
 

@@ -1,5 +1,12 @@
 """The softmax family: ``softmax``, ``log_softmax``, ``logsumexp``, ``logit``.
 
+Note for the engine (``_engine.py``) and every other caller: the row helpers
+below (``row_stats``, ``log_row_sum``, ``probs_from_stats``,
+``log_probs_from_stats``, ``lse_from_stats``, ``weighted_nll``,
+``clean_tangent``, ``prepare_logits``) keep their names, signatures and
+semantics. ``row_stats`` also accepts an empty class axis (K = 0): it then
+behaves as a row whose every class is masked (``s = 0``, ``m`` = lowest float).
+
 All are computed in at least float32 with the max-shift trick and carry a
 ``jax.custom_jvp`` whose tangent reuses the primal output:
 
@@ -28,6 +35,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxent import _checks
 
@@ -50,7 +58,8 @@ def row_stats(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array, Ar
       ``(shifted, e, s, m)`` with ``shifted = x - m`` (``-inf`` at removed
       entries), ``e = exp(shifted)``, ``s = sum(e)`` and ``m`` the finite row
       shift (the lowest float for an empty row), the last two with
-      ``keepdims=True``. A non-empty row has ``s >= 1`` (its max term is 1).
+      ``keepdims=True``. A non-empty row has ``s >= 1`` (its max term is 1). An
+    empty class axis (K = 0) is an empty row (``initial=-inf`` in the max).
 
     The row guards here and in the helpers below use ``maximum`` and an
     offset rather than ``jnp.where``: on CPU a select between two row
@@ -58,7 +67,7 @@ def row_stats(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array, Ar
     """
     if mask is not None:
         x = jnp.where(mask, x, -jnp.inf)
-    m = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), jnp.finfo(x.dtype).min)
+    m = jnp.maximum(jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf), jnp.finfo(x.dtype).min)
     shifted = x - m
     e = jnp.exp(shifted)
     s = jnp.sum(e, axis=axis, keepdims=True)
@@ -164,8 +173,8 @@ def softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -
 
     Example:
       >>> import jaxent, jax.numpy as jnp
-      >>> jaxent.softmax(jnp.array([0.0, jnp.log(3.0)]))
-      Array([0.25, 0.75], dtype=float32)
+      >>> jaxent.softmax(jnp.array([1.0, 1.0, -jnp.inf]))
+      Array([0.5, 0.5, 0. ], dtype=float32)
     """
     x, ax, mask, dt = prepare_logits(logits, axis, where)
     return _softmax(x, mask, ax).astype(dt)
@@ -292,3 +301,37 @@ def logit(p: ArrayLike) -> Array:
     """
     p = _checks.as_inexact(p, "p")
     return _logit(p.astype(_checks.compute_dtype(p.dtype))).astype(p.dtype)
+
+
+# --------------------------------------------------------------------------- one-call dispatch
+
+
+def _is_static(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str, np.generic))
+
+
+def _run(fn, static, arrays, dynamic):
+    return fn(*arrays, **dynamic, **dict(static))
+
+
+_run_jit = jax.jit(_run, static_argnums=(0, 1))
+
+
+def dispatch(fn, *arrays: Any, **options: Any) -> Array:
+    """Calls ``fn(*arrays, **options)`` as one compiled call (as ``jax.nn.log_softmax`` does).
+
+    Options that are Python (or numpy) scalars, strings or ``None`` are static
+    (validate them before calling, so errors fire at trace time); array options
+    (a traced ``base`` or ``temperature``) are traced. Lists become arrays.
+    Inside an outer trace the call is inlined into it.
+    """
+    arrays = tuple(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in arrays)
+    static = tuple(
+        sorted(
+            (k, v.item() if isinstance(v, np.generic) else v)
+            for k, v in options.items()
+            if _is_static(v)
+        )
+    )
+    dynamic = {k: v for k, v in options.items() if not _is_static(v)}
+    return _run_jit(fn, static, arrays, dynamic)

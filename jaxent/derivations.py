@@ -93,6 +93,17 @@ class Derivation:
       convention: the convention at edge points, in words.
       forward_mode: whether ``function`` supports ``jax.jvp``/``jacfwd``
         (``False`` for the ``custom_vjp`` large-vocabulary losses).
+      second_order: whether ``function`` has a second derivative worth checking
+        (Hessian symmetry, forward-over-reverse, HVP); ``None``: ``forward_mode``.
+      symbolic: optional ``symbolic(sympy) -> (expr, symbols)``: the function
+        as a sympy expression and, per positional argument, its symbol, a list
+        of symbols (one per element) or ``None``; verify differentiates it with
+        sympy and compares (extra ``jaxent[symbolic]``).
+      low_precision_ulps: optional budget in ULPs per dtype
+        (``{"float32": 8, "bfloat16": 4}``) for the function's own gradient
+        against the float64 closed form; without one the error is only reported.
+      function_name: the name reports give the function (default: its
+        qualified name).
     """
 
     name: str
@@ -106,6 +117,10 @@ class Derivation:
     edge_cases: tuple[Case, ...] = ()
     convention: str = ""
     forward_mode: bool = True
+    second_order: bool | None = None
+    symbolic: Callable[[Any], tuple[Any, tuple[Any, ...]]] | None = None
+    low_precision_ulps: dict[str, float] | None = None
+    function_name: str = ""
 
 
 REGISTRY: dict[str, Derivation] = {}
@@ -138,6 +153,67 @@ def select(patterns: Sequence[str] | None = None) -> list[Derivation]:
         if any(fnmatch.fnmatchcase(d.name, p) or p in (d.name, base) for p in patterns):
             out.append(d)
     return out
+
+
+def derivation(
+    *,
+    plain: Callable[..., Array],
+    sample: Callable[[np.random.Generator], tuple[Any, ...]],
+    argnums: int | Sequence[int] = 0,
+    name: str | None = None,
+    formula: str = "",
+    latex: str = "",
+    function: Callable[..., Array] | None = None,
+    edge_cases: Sequence[Case] = (),
+    convention: str = "",
+    forward_mode: bool = True,
+    second_order: bool | None = None,
+    symbolic: Callable[[Any], tuple[Any, tuple[Any, ...]]] | None = None,
+    low_precision_ulps: dict[str, float] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: registers the decorated closed-form derivative as a :class:`Derivation`.
+
+    The decorated function returns the derivative in ``argnums`` (one array,
+    or a tuple of them for several argnums) and is returned unchanged::
+
+        @derivation(plain=focal_loss, sample=lambda rng: (rng.normal(size=5), 2))
+        def focal_loss_grad(z, label): ...
+
+    ``function`` (default ``plain``) is what your code differentiates, e.g. a
+    ``jax.custom_jvp`` whose rule should match the closed form; ``name``
+    defaults to the decorated function's name, ``formula`` to the first line
+    of its docstring. ``python -m jaxent verify --module FILE.py`` checks it.
+    """
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def decorate(closed_form: Callable[..., Any]) -> Callable[..., Any]:
+        doc = (closed_form.__doc__ or "").strip()
+        register(
+            Derivation(
+                name=name or closed_form.__name__,
+                formula=formula or (doc.splitlines()[0] if doc else ""),
+                latex=latex,
+                function=plain if function is None else function,
+                closed_form=_cf(closed_form),
+                plain=plain,
+                argnums=nums,
+                sample=sample,
+                edge_cases=tuple(edge_cases),
+                convention=convention,
+                forward_mode=forward_mode,
+                second_order=second_order,
+                symbolic=symbolic,
+                low_precision_ulps=low_precision_ulps,
+                function_name=_qualified(plain if function is None else function),
+            )
+        )
+        return closed_form
+
+    return decorate
+
+
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', repr(fn))}".lstrip(".")
 
 
 # =========================================================================== plain definitions
@@ -664,9 +740,73 @@ register(
         plain=lambda lp, lq: jnp.sum(jnp.exp(lq - lp) - 1.0 - (lq - lp)),
         argnums=(0, 1),
         sample=lambda rng: (-rng.exponential(size=K), -rng.exponential(size=K)),
-        convention="per-sample estimates, summed (no custom rule).",
+        convention="per-sample estimates, summed; log p = policy (sampler), log q = reference.",
     )
 )
+
+
+# Expected gradients of the KL estimators as RL surrogates, by exact enumeration
+# over a K-way categorical: pi = softmax(a) (policy, sampler), pi_ref = softmax(b).
+# ``function`` is the enumerated expectation E_{x ~ sg(pi)}[surrogate(x)], whose
+# gradient is jaxent's expected gradient; ``plain`` is the objective it claims to
+# follow (written without jaxent), so autodiff, FD and Taylor check the claim
+# about the objective and the own-rule columns check the surrogate against it.
+
+
+def _expected_surrogate(estimator: str, where: str) -> Callable[[Array, Array], Array]:
+    def f(a: Array, b: Array) -> Array:
+        lp, lq = jaxent.log_softmax(a), jaxent.log_softmax(b)
+        w = jax.lax.stop_gradient(jnp.exp(lp))  # samples are drawn, not differentiated
+        k = jaxent.kl_estimate(lp, lq, estimator=estimator)
+        if where == "loss":
+            return jnp.sum(w * k)
+        return jnp.sum(w * jax.lax.stop_gradient(k) * lp)  # k in the reward: k x score
+
+    return f
+
+
+def _grad_kl_pq(a: Array, b: Array) -> Array:
+    p = jaxent.softmax(a)
+    delta = jaxent.log_softmax(a) - jaxent.log_softmax(b)
+    return p * (delta - jnp.sum(p * delta))
+
+
+_KL_EXPECTED = (
+    ("k1", "loss", "E[grad k1] = 0", r"\mathbb E_\pi[\nabla k_1] = 0",
+     lambda a, b: jnp.zeros_like(a), lambda a, b: 0.0 * jnp.sum(a)),
+    ("k1", "reward", "E[k1 grad log pi] = grad D(pi||ref) = p (log p - log q - D)",
+     r"\mathbb E_\pi[k_1\nabla\log\pi] = \nabla D(\pi\|\pi_\mathrm{ref})",
+     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
+    ("k2", "loss", "E[grad k2] = grad D(pi||ref) = p (log p - log q - D)",
+     r"\mathbb E_\pi[\nabla k_2] = \nabla D(\pi\|\pi_\mathrm{ref})",
+     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
+    ("k3", "loss", "E[grad k3] = grad D(ref||pi) = p - q",
+     r"\mathbb E_\pi[\nabla k_3] = \nabla D(\pi_\mathrm{ref}\|\pi) = \pi - \pi_\mathrm{ref}",
+     lambda a, b: jaxent.softmax(a) - jaxent.softmax(b), lambda a, b: _kl_logits_plain(b, a, None)),
+    ("k3+", "loss", "E[grad k3+] = grad D(pi||ref) = p (log p - log q - D)",
+     r"\mathbb E_\pi[\nabla k_{3+}] = \nabla D(\pi\|\pi_\mathrm{ref})",
+     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
+)
+
+for _est, _where, _formula, _tex, _cf_fn, _plain_fn in _KL_EXPECTED:
+    register(
+        Derivation(
+            name=f"kl_estimate[{_est} {'as a loss' if _where == 'loss' else 'in the reward'}, expected]",
+            formula=_formula,
+            latex=_tex,
+            function=_expected_surrogate(_est, _where),
+            closed_form=_cf(_cf_fn),
+            plain=_plain_fn,
+            argnums=(0,),
+            sample=lambda rng: (_logits(rng), _logits(rng)),
+            convention=(
+                "on policy, by exact enumeration over K = 5 classes: pi = softmax(a), the"
+                " sampler held constant; " + ("k in the reward multiplies the score"
+                " grad log pi (k detached)." if _where == "reward" else "k as a loss.")
+            ),
+            second_order=False,  # a surrogate's Hessian is not the objective's
+        )
+    )
 
 # =========================================================================== losses
 
@@ -694,6 +834,14 @@ def _sce_plain(z: Array, y: Array, mask: Array | None) -> Array:
     return -jnp.sum(_plogq(y, ls, act))
 
 
+def _sce_symbolic(sp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Seed 000's loss L = -sum_i y_i log softmax(z)_i, as a sympy expression (K = 5)."""
+    z = sp.symbols(f"z0:{K}", real=True)
+    y = sp.symbols(f"y0:{K}", real=True)
+    lse = sp.log(sum(sp.exp(zi) for zi in z))
+    return -sum(yi * (zi - lse) for zi, yi in zip(z, y, strict=True)), (list(z), list(y), None)
+
+
 register(
     Derivation(
         name="softmax_cross_entropy",
@@ -705,6 +853,7 @@ register(
         plain=_sce_plain,
         argnums=(0, 1),
         sample=lambda rng: (_logits(rng), _soft_labels(rng), None),
+        symbolic=_sce_symbolic,
         edge_cases=(
             Case("-inf logits, no mass there", (_Z_INF, np.array([0.6, 0, 0.3, 0.1, 0]), None)),
             Case(
@@ -1206,5 +1355,423 @@ register(
         sample=lambda rng: (rng.normal(size=_D), rng.normal(size=(_D, K)), rng.integers(0, K)),
         convention="shard_map over a 1-device mesh; eps = 0.1, z_loss = 0.05, block_size = 2.",
         forward_mode=False,
+    )
+)
+
+
+# =========================================================================== RL and distillation (issue 12)
+
+
+def _log_prob_cf(z: Array, label: Array, mask: Array | None) -> Array:
+    return -_int_ce_cf(z, label, mask)
+
+
+register(
+    Derivation(
+        name="log_prob_from_logits",
+        formula="d log_prob/dz = onehot(y) - softmax(z)",
+        latex=r"\nabla_z \log\mathrm{softmax}(z)_y = e_y - \mathrm{softmax}(z)",
+        function=lambda z, label, mask: jaxent.log_prob_from_logits(z, label, where=mask),
+        closed_form=_cf(_log_prob_cf),
+        plain=lambda z, label, mask: -_int_ce_plain(z, label, mask),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K), None),
+        edge_cases=(
+            Case("-inf logits", (_Z_INF, 2, None)),
+            Case("label on a -inf logit", (_Z_INF, 1, None), note="-inf, gradient e_y - p"),
+            Case("masked classes", (_Z_RANGE, 0, _MASK)),
+            Case("label on a masked class", (_Z_RANGE, 2, _MASK)),
+            Case("fully masked row", (_Z_RANGE, 0, _NONE)),
+            Case("p ~ 1e-17", (_Z_GAP, 1, None)),
+        ),
+        convention=(
+            "minus the integer-label cross-entropy (its rule): a label on a -inf or removed"
+            " class gives -inf with gradient -p (the removed class gets 0); empty row: 0."
+        ),
+    )
+)
+
+_T_RL = 0.7
+
+
+register(
+    Derivation(
+        name="log_prob_from_logits[temperature]",
+        formula="d log_prob/dz = (onehot(y) - softmax(z/T)) / T",
+        latex=r"\nabla_z \log\mathrm{softmax}(z/T)_y = \frac{e_y - \mathrm{softmax}(z/T)}{T}",
+        function=lambda z, label: jaxent.log_prob_from_logits(z, label, temperature=_T_RL),
+        closed_form=_cf(lambda z, label: -_int_ce_cf(z / _T_RL, label, None) / _T_RL),
+        plain=lambda z, label: -_int_ce_plain(z / _T_RL, label, None),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        convention="T = 0.7.",
+    )
+)
+
+
+def _k_plain(lp: Array, lq: Array, estimator: str) -> Array:
+    log_r = lq - lp
+    k2 = 0.5 * log_r**2
+    k3 = jnp.exp(log_r) - 1.0 - log_r
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return k2
+    return k3
+
+
+_K_DLOGP = {
+    "k1": lambda lp, lq: jnp.ones_like(lp),
+    "k2": lambda lp, lq: lp - lq,
+}
+
+# k3+ is not registered: a straight-through estimator (k3's value, k2's gradient) has
+# no finite-difference check by design; its rule is k2's (tests/test_rl.py checks it).
+for _est in ("k1", "k2"):
+    register(
+        Derivation(
+            name=f"kl_estimate[{_est}]",
+            formula={
+                "k1": "dk1/dlog_p = 1 = -dk1/dlog_q",
+                "k2": "dk2/dlog_p = log p - log q = -dk2/dlog_q",
+            }[_est],
+            latex={
+                "k1": r"\frac{\partial k_1}{\partial\log p} = 1 = -\frac{\partial k_1}{\partial\log q}",
+                "k2": r"\frac{\partial k_2}{\partial\log p} = \log p - \log q",
+            }[_est],
+            function=functools.partial(
+                lambda lp, lq, e: jnp.sum(jaxent.kl_estimate(lp, lq, estimator=e)), e=_est
+            ),
+            closed_form=_cf(
+                functools.partial(
+                    lambda lp, lq, e: (_K_DLOGP[e](lp, lq), -_K_DLOGP[e](lp, lq)), e=_est
+                )
+            ),
+            plain=functools.partial(lambda lp, lq, e: jnp.sum(_k_plain(lp, lq, e)), e=_est),
+            argnums=(0, 1),
+            sample=lambda rng: (-rng.exponential(size=K), -rng.exponential(size=K)),
+            convention="per-sample estimates, summed; log p = policy (sampler), log q = reference.",
+        )
+    )
+
+
+def _k3_sampler_cf(lp: Array, lq: Array, ls: Array) -> tuple[Array, Array]:
+    w = jnp.exp(lp - ls)
+    k3 = jnp.expm1(lq - lp) - (lq - lp)
+    return w * (-jnp.expm1(lq - lp) + k3), w * jnp.expm1(lq - lp)
+
+
+register(
+    Derivation(
+        name="kl_estimate[k3, log_sampler]",
+        formula="d(w k3)/dlog_p = w (1 - r + k3), d(w k3)/dlog_q = w (r - 1), w = p/mu held in mu",
+        latex=r"\frac{\partial (w k_3)}{\partial\log p} = w(1 - r + k_3),\quad"
+        r"\frac{\partial (w k_3)}{\partial\log q} = w(r - 1),\quad w = \frac{p(x)}{\mu(x)}",
+        function=lambda lp, lq, ls: jnp.sum(jaxent.kl_estimate(lp, lq, log_sampler=ls)),
+        closed_form=_cf(_k3_sampler_cf),
+        plain=lambda lp, lq, ls: jnp.sum(
+            jnp.exp(lp - jax.lax.stop_gradient(ls)) * _k_plain(lp, lq, "k3")
+        ),
+        argnums=(0, 1),
+        sample=lambda rng: tuple(-rng.exponential(size=K) for _ in range(3)),
+        convention="importance weight exp(log p - log mu), the sampler mu held constant.",
+    )
+)
+
+_AGG_MASK = np.array(
+    [[True, True, True, False], [False, False, False, False], [True, False, False, False]]
+)
+
+
+def _agg_plain(mode: str) -> Callable[[Array], Array]:
+    def plain(losses: Array) -> Array:  # verl's agg_loss, dp_size = 1, no +1e-8
+        m = jnp.asarray(_AGG_MASK).astype(losses.dtype)
+        seq = jnp.sum(jnp.where(_AGG_MASK, losses, 0.0), axis=-1)
+        cnt = jnp.sum(m, axis=-1)
+        nonempty = cnt > 0
+        if mode == "token-mean":
+            return jnp.sum(seq) / jnp.sum(cnt)
+        if mode == "seq-mean-token-sum":
+            return jnp.sum(jnp.where(nonempty, seq, 0.0)) / jnp.sum(nonempty)
+        if mode == "seq-mean-token-mean":
+            per = seq / jnp.where(nonempty, cnt, 1.0)
+            return jnp.sum(jnp.where(nonempty, per, 0.0)) / jnp.sum(nonempty)
+        return jnp.sum(seq) / losses.shape[-1]
+
+    return plain
+
+
+def _agg_cf(mode: str) -> Callable[[Array], Array]:
+    def cf(losses: Array) -> Array:
+        m = jnp.asarray(_AGG_MASK).astype(losses.dtype)
+        cnt = jnp.sum(m, axis=-1, keepdims=True)
+        n_seq = jnp.sum(cnt > 0)
+        coef = {
+            "token-mean": 1.0 / jnp.sum(cnt),
+            "seq-mean-token-sum": 1.0 / n_seq,
+            "seq-mean-token-mean": 1.0 / (jnp.where(cnt > 0, cnt, 1.0) * n_seq),
+            "seq-mean-token-sum-norm": 1.0 / losses.shape[-1],
+        }[mode]
+        return m * coef
+
+    return cf
+
+
+for _mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+    register(
+        Derivation(
+            name=f"aggregate_loss[{_mode}]",
+            formula={
+                "token-mean": "dA/dL = m / N (N = kept tokens)",
+                "seq-mean-token-sum": "dA/dL = m / |S| (S = non-empty sequences)",
+                "seq-mean-token-mean": "dA/dL[b] = m[b] / (n_b |S|)",
+                "seq-mean-token-sum-norm": "dA/dL = m / T (T = tokens per row)",
+            }[_mode],
+            latex=r"\frac{\partial A}{\partial L_{bt}} = m_{bt}\,c_b",
+            function=functools.partial(
+                lambda lo, md: jaxent.aggregate_loss(lo, _AGG_MASK, mode=md), md=_mode
+            ),
+            closed_form=_cf(_agg_cf(_mode)),
+            plain=_agg_plain(_mode),
+            argnums=(0,),
+            sample=lambda rng: (rng.normal(size=_AGG_MASK.shape),),
+            convention="verl's agg_loss (dp_size = 1); one empty sequence in the mask.",
+        )
+    )
+
+_SK_IDX = np.array([3, 0, 1])  # the teacher's top-3 of K = 5 classes
+
+
+def _sk_teacher(rng: np.random.Generator) -> np.ndarray:
+    p = rng.dirichlet(np.full(K, 2.0))
+    return np.log(p[_SK_IDX])
+
+
+def _sk_plain(tail: str) -> Callable[[Array, Array, Array], Array]:
+    def plain(z: Array, idx: Array, t: Array) -> Array:
+        log_q = _plain_log_softmax(z)
+        if tail == "renormalize":
+            lp = t - jax.scipy.special.logsumexp(t)
+            lq = z[idx] - jax.scipy.special.logsumexp(z[idx])
+            return jnp.sum(jnp.exp(lp) * (lp - lq))
+        out_set = jnp.ones(K, bool).at[idx].set(False)
+        p_tail = 1.0 - jnp.sum(jnp.exp(t))
+        log_q_tail = jax.scipy.special.logsumexp(jnp.where(out_set, z, -jnp.inf)) - (
+            jax.scipy.special.logsumexp(z)
+        )
+        head = jnp.sum(jnp.exp(t) * (t - log_q[idx]))
+        return head + p_tail * (jnp.log(p_tail) - log_q_tail)
+
+    return plain
+
+
+def _sk_cf(tail: str) -> Callable[[Array, Array, Array], tuple[Array, Array]]:
+    def cf(z: Array, idx: Array, t: Array) -> tuple[Array, Array]:
+        sm = jaxent.softmax(z)
+        p = jnp.exp(t)
+        if tail == "renormalize":
+            q_s = sm[idx] / jnp.sum(sm[idx])
+            p_s = p / jnp.sum(p)
+            kl = jnp.sum(p_s * (jnp.log(p_s) - jnp.log(q_s)))
+            gz = jnp.zeros(K).at[idx].add(q_s - p_s)
+            return gz, p_s * (jnp.log(p_s) - jnp.log(q_s) - kl)
+        out_set = jnp.ones(K, bool).at[idx].set(False)
+        p_tail = 1.0 - jnp.sum(p)
+        q_tail = jnp.sum(jnp.where(out_set, sm, 0.0))
+        gz = sm - jnp.zeros(K).at[idx].add(p) - jnp.where(out_set, sm * p_tail / q_tail, 0.0)
+        gt = p * ((t - jnp.log(sm[idx])) - (jnp.log(p_tail) - jnp.log(q_tail)))
+        return gz, gt
+
+    return cf
+
+
+for _tail in ("renormalize", "bucket"):
+    register(
+        Derivation(
+            name=f"sparse_kl_divergence[{_tail}]",
+            formula={
+                "renormalize": "dD/dz = q_S - p_S on S, 0 outside; dD/dt = p_S (log p_S - log q_S - D)",
+                "bucket": "dD/dz = q - p on S, q (1 - p_tail/q_tail) outside;"
+                " dD/dt = p (log p/q - log p_tail/q_tail)",
+            }[_tail],
+            latex={
+                "renormalize": r"\nabla_{z_S} D = q_S - p_S,\quad"
+                r"\nabla_t D = p_S(\log p_S - \log q_S - D)",
+                "bucket": r"\nabla_z D = q - p\,[S] - q\,\frac{p_\mathrm{tail}}{q_\mathrm{tail}}[\bar S]",
+            }[_tail],
+            function=functools.partial(
+                lambda z, idx, t, tl: jaxent.sparse_kl_divergence(z, idx, t, tail=tl), tl=_tail
+            ),
+            closed_form=_cf(_sk_cf(_tail)),
+            plain=_sk_plain(_tail),
+            argnums=(0, 2),
+            sample=lambda rng: (_logits(rng), _SK_IDX, _sk_teacher(rng)),
+            convention="teacher top-3 of 5 classes (indices fixed, distinct).",
+        )
+    )
+
+
+# =========================================================================== issue 12: divergences (helper A)
+# Temperature, the normalised generalised JSD and total variation. The plain
+# definitions are written out here; the closed forms live in _divergences.py.
+
+_T = 2.5
+
+
+def _kl_logits_t_cf(a: Array, b: Array) -> tuple[Array, Array]:
+    p, q = jaxent.softmax(a / _T), jaxent.softmax(b / _T)
+    lp, lq = jnp.log(p), jnp.log(q)
+    d = jnp.sum(p * (lp - lq))
+    return p * (lp - lq - d) / _T, (q - p) / _T
+
+
+register(
+    Derivation(
+        name="kl_divergence_from_logits[temperature]",
+        formula="dD/db = (q - p)/T, dD/da = p (log p - log q - D)/T; p, q = softmax(./T)",
+        latex=r"\nabla_b D = \frac{q - p}{T},\quad \nabla_a D = \frac{p\odot(\log p - \log q - D)}{T},"
+        r"\quad p = \mathrm{softmax}(a/T)",
+        function=lambda a, b: jaxent.kl_divergence_from_logits(a, b, temperature=_T),
+        closed_form=_cf(_kl_logits_t_cf),
+        plain=lambda a, b: _plain_kl(_plain_softmax(a / _T), _plain_softmax(b / _T)),
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _logits(rng)),
+        convention="T = 2.5; the result is not multiplied by T^2.",
+    )
+)
+
+
+def _entropy_t_cf(z: Array) -> Array:
+    p = jaxent.softmax(z / _T)
+    lp = jnp.log(p)
+    h = -jnp.sum(p * lp)
+    return -p * (lp + h) / _T
+
+
+register(
+    Derivation(
+        name="entropy_from_logits[temperature]",
+        formula="dH/dz = -p (log p + H)/T, p = softmax(z/T)",
+        latex=r"\nabla_z H = -\frac{p\odot(\log p + H)}{T},\quad p = \mathrm{softmax}(z/T)",
+        function=lambda z: jaxent.entropy_from_logits(z, temperature=_T),
+        closed_form=_cf(_entropy_t_cf),
+        plain=lambda z: _plain_entropy(_plain_softmax(z / _T)),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng),),
+        convention="T = 2.5; the result is not rescaled.",
+    )
+)
+
+
+def _plain_js_normalized(p: Array, q: Array, beta: float) -> Array:
+    """JSD_beta / (beta (1 - beta)); its limits D(p||q), D(q||p) at beta = 0, 1."""
+    if beta == 0.0:
+        return _plain_kl(p, q)
+    if beta == 1.0:
+        return _plain_kl(q, p)
+    return _plain_js(p, q, beta) / (beta * (1 - beta))
+
+
+def _js_normalized_cf(p: Array, q: Array, beta: float) -> tuple[Array, Array]:
+    if beta == 0.0:  # D(p||q): log(p/q) + 1, -p/q
+        return jnp.log(p / q) + 1, -p / q
+    if beta == 1.0:  # D(q||p): -q/p, log(q/p) + 1
+        return -q / p, jnp.log(q / p) + 1
+    m = beta * p + (1 - beta) * q
+    return jnp.log(p / m) / (1 - beta), jnp.log(q / m) / beta
+
+
+for _b in (0.0, 0.3, 1.0):
+    register(
+        Derivation(
+            name=f"js_divergence[normalized, beta={_b:g}]",
+            formula="dJSn/dp = log(p/m)/(1-beta), dJSn/dq = log(q/m)/beta;"
+            " beta = 0: D(p||q), beta = 1: D(q||p)",
+            latex=r"\frac{\partial}{\partial p_i}\frac{\mathrm{JS}_\beta}{\beta(1-\beta)}"
+            r" = \frac{\log(p_i/m_i)}{1-\beta},\quad m = \beta p + (1-\beta) q",
+            function=functools.partial(
+                lambda p, q, b: jaxent.js_divergence(p, q, beta=b, normalized=True), b=_b
+            ),
+            closed_form=_cf(functools.partial(lambda p, q, b: _js_normalized_cf(p, q, b), b=_b)),
+            plain=functools.partial(lambda p, q, b: _plain_js_normalized(p, q, b), b=_b),
+            argnums=(0, 1),
+            sample=lambda rng: (_probs(rng), _probs(rng)),
+            convention="p is the teacher (GKD); continuous in beta on [0, 1].",
+        )
+    )
+
+
+def _js_logits_normalized_cf(a: Array, b: Array, beta: float) -> tuple[Array, Array]:
+    p, q = jaxent.softmax(a), jaxent.softmax(b)
+    gp, gq = _js_normalized_cf(p, q, beta)
+    if beta == 0.0:  # the dq part of D(p||q) chains to q - p
+        gq = -p / q
+    return p * (gp - jnp.sum(p * gp)), q * (gq - jnp.sum(q * gq))
+
+
+for _b in (0.0, 0.3, 1.0):
+    register(
+        Derivation(
+            name=f"js_divergence_from_logits[normalized, beta={_b:g}]",
+            formula="dJSn/da = p (g - <p, g>), g = log(p/m)/(1-beta)",
+            latex=r"\nabla_a = p\odot(g - \langle p, g\rangle),\quad g = \frac{\log(p/m)}{1-\beta}",
+            function=functools.partial(
+                lambda a, c, b: jaxent.js_divergence_from_logits(a, c, beta=b, normalized=True),
+                b=_b,
+            ),
+            closed_form=_cf(
+                functools.partial(lambda a, c, b: _js_logits_normalized_cf(a, c, b), b=_b)
+            ),
+            plain=functools.partial(
+                lambda a, c, b: _plain_js_normalized(_plain_softmax(a), _plain_softmax(c), b),
+                b=_b,
+            ),
+            argnums=(0, 1),
+            sample=lambda rng: (_logits(rng), _logits(rng)),
+            convention="p = softmax(a) is the teacher (GKD); beta = 0 is TRL's forward KL.",
+        )
+    )
+
+
+def _plain_tv(p: Array, q: Array) -> Array:
+    return 0.5 * jnp.sum(jnp.abs(p - q))
+
+
+register(
+    Derivation(
+        name="total_variation",
+        formula="dTV/dp = sign(p - q)/2 = -dTV/dq (0 at ties)",
+        latex=r"\frac{\partial\,\mathrm{TV}}{\partial p_i} = \tfrac12\operatorname{sign}(p_i - q_i)"
+        r" = -\frac{\partial\,\mathrm{TV}}{\partial q_i}",
+        function=lambda p, q: jaxent.total_variation(p, q),
+        closed_form=_cf(lambda p, q: (0.5 * jnp.sign(p - q), -0.5 * jnp.sign(p - q))),
+        plain=_plain_tv,
+        argnums=(0, 1),
+        sample=lambda rng: (_probs(rng), _probs(rng)),
+        convention="the subgradient 0 at ties p_i = q_i.",
+        second_order=False,
+    )
+)
+
+
+def _tv_logits_cf(a: Array, b: Array) -> tuple[Array, Array]:
+    p, q = jaxent.softmax(a), jaxent.softmax(b)
+    s = 0.5 * jnp.sign(p - q)
+    return p * (s - jnp.sum(p * s)), -q * (s - jnp.sum(q * s))
+
+
+register(
+    Derivation(
+        name="total_variation_from_logits",
+        formula="dTV/da = p (s - <p, s>), dTV/db = -q (s - <q, s>), s = sign(p - q)/2",
+        latex=r"\nabla_a\mathrm{TV} = p\odot(s - \langle p, s\rangle),\quad"
+        r"s = \tfrac12\operatorname{sign}(p - q)",
+        function=lambda a, b: jaxent.total_variation_from_logits(a, b),
+        closed_form=_cf(_tv_logits_cf),
+        plain=lambda a, b: _plain_tv(_plain_softmax(a), _plain_softmax(b)),
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _logits(rng)),
+        convention="the softmax Jacobian applied to the closed form in probabilities.",
+        second_order=False,
     )
 )

@@ -23,7 +23,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import json  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from functools import partial  # noqa: E402
+from functools import cache, partial  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -75,6 +75,7 @@ def _rng_inputs(seed: int):
     return logits, probs, binary, int_labels, rng
 
 
+@cache
 def _public_losses() -> dict[str, tuple[Callable, tuple, tuple[int, ...]]]:
     """name -> (function, arguments, positions of the differentiated arguments)."""
     logits, probs, binary, y, rng = _rng_inputs(0)
@@ -122,6 +123,14 @@ def _public_losses() -> dict[str, tuple[Callable, tuple, tuple[int, ...]]]:
             (h, w, y_ign),
             (0, 1),
         ),
+        # Blocks dividing V (no column mask), bias, where, smoothing and soft-cap.
+        "linear_cross_entropy_options": (
+            lambda h, w, b, y, m: jaxent.linear_cross_entropy(
+                h, w, y, bias=b, where=m, block_size=8, label_smoothing=0.1, logit_softcap=4.0
+            ),
+            (h, w, rng.normal(size=K).astype(np.float32), y, rng.random(N) > 0.3),
+            (0, 1, 2),
+        ),
     }
     if hasattr(jaxent, "label_smoothed_cross_entropy"):
         table["label_smoothed_cross_entropy"] = (
@@ -132,38 +141,63 @@ def _public_losses() -> dict[str, tuple[Callable, tuple, tuple[int, ...]]]:
     return table
 
 
-def _batch_check(name: str) -> None:
-    fn, args, argnums = _public_losses()[name]
-    mesh = _mesh((8,), ("batch",))
-    shard = NamedSharding(mesh, P("batch"))
-    # Only arrays with the batch as leading axis are sharded (the [D, V] weight is replicated).
-    placed = [
-        jax.device_put(a, shard if i == 0 or a.shape[0] == N else NamedSharding(mesh, P()))
-        for i, a in enumerate(args)
-    ]
-    assert len(placed[0].sharding.device_set) == 8
+def _values_and_grads(name: str) -> Callable:
+    """Jitted ``args -> (per-example values, VJP of a fixed cotangent)`` for one loss."""
+    fn, _, argnums = _public_losses()[name]
 
-    def total(*a):
-        out = fn(*a)  # [N] per example, or [N, K] for the elementwise binary losses
-        cot = jnp.arange(1, out.size + 1, dtype=jnp.float32).reshape(out.shape) / out.size
-        return jnp.sum(out * cot)
+    def run(*args):
+        def f(*diff):
+            full = list(args)
+            for i, d in zip(argnums, diff, strict=True):
+                full[i] = d
+            return fn(*full)
 
-    vg = jax.jit(jax.value_and_grad(total, argnums=argnums))
-    per_example = jax.jit(fn)
-    got_loss = per_example(*placed)
-    got_total, got_grads = vg(*placed)
-    exp_loss = per_example(*[np.asarray(a) for a in args])
-    exp_total, exp_grads = vg(*[np.asarray(a) for a in args])
-    assert got_loss.shape[0] == N, got_loss.shape
-    _close(got_loss, exp_loss, what=f"{name} values")
-    _close(got_total, exp_total, what=f"{name} total")
+        def total(*diff):
+            out = f(*diff)
+            # [N] per example, or [N, K] for the elementwise binary losses
+            cot = jnp.arange(1, out.size + 1, dtype=out.dtype).reshape(out.shape) / out.size
+            return jnp.sum(out * cot), out
+
+        grads, out = jax.grad(total, argnums=tuple(range(len(argnums))), has_aux=True)(
+            *[args[i] for i in argnums]
+        )
+        return out, grads
+
+    return jax.jit(run)
+
+
+@cache
+def _batch_reference(name: str):
+    """Unsharded values and gradients on one device."""
+    _, args, _ = _public_losses()[name]
+    return _values_and_grads(name)(*[np.asarray(a) for a in args])
+
+
+def _batch_check(name: str, axis_type: AxisType) -> None:
+    _, args, argnums = _public_losses()[name]
+    mesh = jax.make_mesh((8,), ("batch",), axis_types=(axis_type,))
+    with jax.set_mesh(mesh):
+        shard = NamedSharding(mesh, P("batch"))
+        # Only arrays with the batch as leading axis are sharded (the [D, V] weight is replicated).
+        placed = [
+            jax.device_put(a, shard if i == 0 or a.shape[0] == N else NamedSharding(mesh, P()))
+            for i, a in enumerate(args)
+        ]
+        assert len(placed[0].sharding.device_set) == 8
+        got, got_grads = _values_and_grads(name)(*placed)
+    exp, exp_grads = _batch_reference(name)
+    assert got.shape[0] == N, got.shape
+    _close(got, exp, what=f"{name} values")
     for i, (g, e) in enumerate(zip(got_grads, exp_grads, strict=True)):
         assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient {i}"
         _close(g, e, rtol=1e-5, what=f"{name} grad {argnums[i]}")
 
 
+# Both mesh types: Auto (sharding propagated by XLA) and Explicit (sharding in the
+# types, the default of `jax.make_mesh`), for every loss.
 for _name in _public_losses():
-    CHECKS[f"batch_sharded[{_name}]"] = partial(_batch_check, _name)
+    CHECKS[f"batch_sharded[{_name}]"] = partial(_batch_check, _name, AxisType.Auto)
+    CHECKS[f"batch_sharded_explicit[{_name}]"] = partial(_batch_check, _name, AxisType.Explicit)
 
 
 # --------------------------------------------------------------------------- vocab-parallel
@@ -326,6 +360,151 @@ def _vp_linear_check(option: str) -> None:
 
 for _opt in LINEAR_OPTIONS:
     CHECKS[f"vocab_parallel_linear[{_opt}]"] = partial(_vp_linear_check, _opt)
+
+
+def _lse_ce_reference(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float64 numpy CE; a row with every logit -inf gives 0 (no class left)."""
+    z = np.asarray(z, np.float64)
+    m = np.max(z, axis=-1, keepdims=True)
+    m0 = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = (m0 + np.log(np.sum(np.exp(z - m0), axis=-1, keepdims=True)))[:, 0]
+        loss = lse - z[np.arange(len(y)), y]
+    return np.where(np.isneginf(m[:, 0]), 0.0, loss)
+
+
+@check
+def vocab_parallel_edge_rows() -> None:
+    """-inf on whole shards, a fully -inf row (0) and a NaN logit (NaN row), as materialised."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(N, K)) * 3
+    k_loc = K // 8
+    z[0, : K - k_loc] = -np.inf  # only the last shard is live
+    z[1, k_loc:] = -np.inf  # only the first shard is live
+    z[2, :] = -np.inf  # no class left: 0, gradient 0
+    z[3, 5] = np.nan  # NaN row
+    z[4, 7] = -np.inf  # the label's logit is -inf: +inf
+    y = rng.integers(0, K, size=N).astype(np.int32)
+    y[0], y[1], y[4] = K - 1, 0, 7
+    mesh = _mesh((8,), ("tp",))
+    f = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_cross_entropy, axis_name="tp"),
+            mesh=mesh,
+            in_specs=(P(None, "tp"), P()),
+            out_specs=P(),
+        )
+    )
+    zj, yj = jnp.asarray(z, jnp.float32), jnp.asarray(y)
+    got = np.asarray(f(zj, yj), np.float64)
+    exp = _lse_ce_reference(np.asarray(zj), y)
+    assert np.isnan(got[3]) and got[4] == np.inf and got[2] == 0, got[:5]
+    ok = np.isfinite(exp)
+    _close(got[ok], exp[ok], rtol=1e-6, what="values")
+    live = np.ones(N, bool)
+    live[[3, 4]] = False
+    g = jax.grad(lambda z: jnp.sum(jnp.where(jnp.asarray(live), f(z, yj), 0)))(zj)
+    g = np.asarray(g, np.float64)
+    assert np.all(np.isfinite(g[live])) and not np.any(g[2]), "fully -inf row: gradient 0"
+    # Reference gradient of the live rows: softmax - onehot (0 at -inf logits).
+    zz = np.asarray(zj, np.float64)[live]
+    m = np.max(zz, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(zz - m)
+    with np.errstate(invalid="ignore"):
+        p = e / e.sum(-1, keepdims=True)
+    p = np.nan_to_num(p)  # the fully -inf row: no class, gradient 0
+    p[np.arange(live.sum()), y[live]] -= np.where(np.isneginf(np.max(zz, -1)), 0.0, 1.0)
+    _close(g[live], p, rtol=1e-6, what="gradient")
+
+
+def _raises(fn, error, *words) -> None:
+    try:
+        fn()
+    except error as e:
+        msg = str(e)
+        assert all(w in msg for w in words), msg
+        return
+    raise AssertionError(f"no {error.__name__} raised")
+
+
+@check
+def vocab_parallel_misuse() -> None:
+    """axis_name None / unknown and replicated class axes raise named errors (issue 9, defect 9)."""
+    z, y, _, _ = _vp_problem(5, "plain")
+    h = jnp.ones((N, D), jnp.float32)
+    w = jnp.ones((D, K), jnp.float32)
+    mesh = _mesh((8,), ("tp",))
+
+    def run(body, in_specs, *args):
+        return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=P()))(*args)
+
+    vp, vpl = jaxent.vocab_parallel_cross_entropy, jaxent.vocab_parallel_linear_cross_entropy
+    for name in (None, "nope"):
+        _raises(lambda n=name: run(lambda z, y: vp(z, y, n), (P(None, "tp"), P()), z, y),
+                ValueError, "axis_name")  # fmt: skip
+        _raises(
+            lambda n=name: run(lambda h, w, y: vpl(h, w, y, n), (P(), P(None, "tp"), P()), h, w, y),
+            ValueError,
+            "axis_name",
+        )
+    _raises(lambda: run(lambda z, y: vp(z, y, ("tp", 3)), (P(None, "tp"), P()), z, y),
+            TypeError, "axis_name")  # fmt: skip
+    # Replicated logits / weight: every shard would see all K classes (loss + log 8).
+    _raises(lambda: run(lambda z, y: vp(z, y, "tp"), (P(), P()), z[:, : K // 8], y),
+            ValueError, "logits_shard", "replicated")  # fmt: skip
+    _raises(
+        lambda: run(lambda h, w, y: vpl(h, w, y, "tp"), (P(), P(), P()), h, w[:, : K // 8], y),
+        ValueError,
+        "weight_shard",
+        "replicated",
+    )
+    # Outside shard_map the axis is unbound: a named error, not a raw NameError.
+    _raises(lambda: vp(z, y, "tp"), ValueError, "axis_name")
+
+
+@check
+def vocab_parallel_explicit_mesh() -> None:
+    """shard_map over an Explicit-axis mesh (`jax.make_mesh`'s default) gives the same values."""
+    z, y, _, _ = _vp_problem(6, "plain")
+    rng = np.random.default_rng(6)
+    h = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(D, K)), jnp.float32)
+    mesh = jax.make_mesh((2, 4), ("dp", "tp"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        zs = jax.device_put(z, NamedSharding(mesh, P("dp", "tp")))
+        ys = jax.device_put(y, NamedSharding(mesh, P("dp")))
+        f = jax.jit(
+            jax.shard_map(
+                partial(jaxent.vocab_parallel_cross_entropy, axis_name="tp", z_loss=1e-2),
+                in_specs=(P("dp", "tp"), P("dp")),
+                out_specs=P("dp"),
+            )
+        )
+        got = f(zs, ys)
+        g = jax.grad(lambda z: jnp.sum(f(z, ys)))(zs)
+        hs = jax.device_put(h, NamedSharding(mesh, P("dp")))
+        ws = jax.device_put(w, NamedSharding(mesh, P(None, "tp")))
+        fl = jax.jit(
+            jax.shard_map(
+                partial(jaxent.vocab_parallel_linear_cross_entropy, axis_name="tp", block_size=2),
+                in_specs=(P("dp"), P(None, "tp"), P("dp")),
+                out_specs=P("dp"),
+            )
+        )
+        got_l = fl(hs, ws, ys)
+        gl = jax.grad(lambda h, w: jnp.sum(fl(h, w, ys)), argnums=(0, 1))(hs, ws)
+    ref = partial(jaxent.softmax_cross_entropy_with_integer_labels, z_loss=1e-2)
+    _close(got, ref(z, y), rtol=1e-6, what="values")
+    _close(g, jax.grad(lambda z: jnp.sum(ref(z, y)))(z), rtol=1e-6, what="gradient")
+
+    def ref_l(h, w):
+        return jaxent.softmax_cross_entropy_with_integer_labels(h @ w, y)
+
+    _close(got_l, ref_l(h, w), rtol=1e-5, what="linear values")
+    for a, b in zip(gl, jax.grad(lambda h, w: jnp.sum(ref_l(h, w)), argnums=(0, 1))(h, w),
+                    strict=True):  # fmt: skip
+        _close(a, b, rtol=1e-5, what="linear gradient")
 
 
 def main() -> None:

@@ -359,10 +359,9 @@ def test_with_label_smoothing_matrix(dt):
     loss = jaxent.with_label_smoothing(jaxent.softmax_cross_entropy, 0.1)
     direct = jaxent.label_smoothed_cross_entropy(jnp.asarray(z, dtype), labels, 0.1, **kw)
     got = jax.jit(lambda z: loss(z, labels, **kw))(jnp.asarray(z, dtype))
-    # Reported (issue 6): the smoothed labels are cast to the compute dtype
-    # (>= float32), so with half-precision logits the wrapped jaxent loss returns
-    # float32 where label_smoothed_cross_entropy returns the logits' dtype.
-    assert got.dtype == jnp.result_type(dtype, jnp.float32)
+    # Issue 9, defect 13: the wrapped loss returns the logits' dtype, as
+    # label_smoothed_cross_entropy does.
+    assert got.dtype == direct.dtype == dtype
     rtol, atol = TOL[dt]
     _compare(
         "with_label_smoothing",

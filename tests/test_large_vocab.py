@@ -284,3 +284,135 @@ def test_default_block_size():
     h, w, _, y, _ = _problem(10, v=3000)  # V > default: two blocks, the last ragged
     got = jax.jit(lambda h, w: jaxent.linear_cross_entropy(h, w, y))(h, w)
     _rel_close(got, _materialised(h, w, None, y), 1e-5)
+
+
+# --------------------------------------------------------------------------- issue 10 / issue 9
+
+
+def _np_linear_ce(h, w, b, y, cap=None):
+    """float64 numpy loss and d loss / d u (u = h w + b) for every row (cotangent 1).
+
+    Conventions of the materialised loss: cap(-inf) = -inf; a row whose logits
+    are all -inf gives 0 (gradient 0); a label on a -inf logit gives +inf.
+    """
+    h, w = np.asarray(h, np.float64), np.asarray(w, np.float64)
+    u = h @ w + (0.0 if b is None else np.asarray(b, np.float64))
+    z = u if cap is None else np.where(np.isneginf(u), -np.inf, cap * np.tanh(u / cap))
+    m = z.max(-1, keepdims=True)
+    m0 = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(z - m0)
+    s = e.sum(-1, keepdims=True)
+    empty = np.isneginf(m[:, 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = (m0 + np.log(s))[:, 0]
+        loss = np.where(empty, 0.0, lse - z[np.arange(len(y)), y])
+        p = np.where(empty[:, None], 0.0, e / s)
+    dz = p.copy()
+    dz[np.arange(len(y)), y] -= np.where(empty, 0.0, 1.0)
+    if cap is not None:
+        dz = dz * (1 - np.tanh(u / cap) ** 2)
+    return loss, dz
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_working_memory_flat_in_vocab(dtype):
+    """Compiled forward+backward temp memory is the same at V = 4096 and 16384.
+
+    A bfloat16 weight used to be converted to float32 whole, before the block
+    loop (0.66 MB -> 2.23 MB here, 784 MiB at V = 128256): now one block at a time.
+    """
+    n, d, bs = 64, 32, 256
+
+    def temp(v):
+        h = jnp.ones((n, d), dtype)
+        w = jnp.ones((d, v), dtype)
+        y = jnp.zeros((n,), jnp.int32)
+
+        def f(h, w):
+            out = jaxent.linear_cross_entropy(h, w, y, block_size=bs)
+            return jnp.sum(out.astype(jnp.float32))
+
+        comp = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, w).compile()
+        return comp.memory_analysis().temp_size_in_bytes
+
+    small, large = temp(4096), temp(16384)
+    # Even a 2-byte copy of the 12288 extra columns would add 786 KB.
+    assert large - small < d * (16384 - 4096) // 4, (small, large)
+    assert large < n * 16384 * 4 / 8  # far below one [N, V] float32 buffer
+
+
+@pytest.mark.parametrize(("v", "block_size"), [(251, 64), (257, 256), (2049, 512), (2049, 4096)])
+def test_padding_safe_for_any_vocab(v, block_size):
+    """Prime V and 2^k + 1 with near-uniform logits: log V, not log of a padded V."""
+    h, w, _, y, _ = _problem(11, np.float32, n=8, d=8, v=v, scale=1e-5)
+    got = jax.jit(lambda h, w: jaxent.linear_cross_entropy(h, w, y, block_size=block_size))(h, w)
+    exp, _ = _np_linear_ce(h, w, None, y)
+    np.testing.assert_allclose(np.asarray(got, np.float64), exp, rtol=1e-6)
+    np.testing.assert_allclose(exp, np.log(v), rtol=0, atol=1e-4)  # log(V-1) is 5e-4 off
+
+
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_neg_inf_bias_blocks(cap):
+    """-inf bias on whole blocks (the first and a middle one), as materialised; float64 numpy."""
+    n, d, v, bs = 12, 6, 50, 8
+    h, w, b, y, rng = _problem(12, np.float32, n=n, d=d, v=v)
+    b = b.at[0:8].set(-jnp.inf).at[24:32].set(-jnp.inf).at[45].set(-jnp.inf)
+    y = jnp.asarray(rng.choice(np.r_[8:24, 32:45, 46:50], size=n), jnp.int32)
+    y = y.at[5].set(45)  # label on a -inf logit: +inf (also under the soft-cap)
+    cot = np.ones(n)
+    cot[5] = 0.0
+
+    def f(h, w, b):
+        return jaxent.linear_cross_entropy(h, w, y, bias=b, block_size=bs, logit_softcap=cap)
+
+    got = jax.jit(f)(h, w, b)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * jnp.asarray(cot, jnp.float32)), (0, 1, 2)))(
+        h, w, b
+    )
+    exp, dz = _np_linear_ce(h, w, b, np.asarray(y), cap)
+    assert got[5] == np.inf
+    keep = np.arange(n) != 5
+    np.testing.assert_allclose(np.asarray(got, np.float64)[keep], exp[keep], rtol=1e-5)
+    dz = dz * cot[:, None]
+    h64, w64 = np.asarray(h, np.float64), np.asarray(w, np.float64)
+    for g, e in zip(grads, (dz @ w64.T, h64.T @ dz, dz.sum(0)), strict=True):
+        assert np.all(np.isfinite(np.asarray(g)))
+        _rel_close(g, e, 1e-5)
+
+    # A bias of -inf everywhere: no class left, loss 0 and gradient 0 (not NaN).
+    b_all = jnp.full((v,), -jnp.inf, jnp.float32)
+    out, g_all = jax.value_and_grad(lambda h: jnp.sum(f(h, w, b_all)))(h)
+    assert out == 0 and not np.any(np.asarray(g_all))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_nan_logit_gives_nan_row(smoothing):
+    """A NaN in a row's logits makes that row NaN (never 0); the other rows are untouched."""
+    h, w, b, y, _ = _problem(13, np.float32)
+    h_nan = h.at[3, 2].set(jnp.nan)
+
+    def f(h, b):
+        return jaxent.linear_cross_entropy(
+            h, w, y, bias=b, block_size=32, label_smoothing=smoothing
+        )
+
+    got = jax.jit(f)(h_nan, b)
+    ref = jax.jit(f)(h, b)
+    assert np.isnan(got[3])
+    np.testing.assert_array_equal(np.delete(np.asarray(got), 3), np.delete(np.asarray(ref), 3))
+    g = jax.grad(lambda h: jnp.sum(f(h, b)))(h_nan)
+    assert np.all(np.isnan(np.asarray(g[3])))
+    # A NaN bias column is a NaN logit in every row.
+    assert np.all(np.isnan(np.asarray(jax.jit(f)(h, b.at[70].set(jnp.nan)))))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
+def test_narrow_label_dtypes_do_not_wrap(dtype):
+    """int8/uint8/int16 labels with more classes than the dtype holds: same as int32."""
+    v = 300
+    h, w, _, _, rng = _problem(14, np.float32, n=10, d=4, v=v)
+    y32 = rng.integers(0, min(v, np.iinfo(dtype).max + 1), size=10).astype(np.int32)
+    f = jax.jit(lambda h, w, y: jaxent.linear_cross_entropy(h, w, y, block_size=64))
+    got = f(h, w, jnp.asarray(y32.astype(dtype)))
+    exp, _ = _np_linear_ce(h, w, None, y32)
+    np.testing.assert_allclose(np.asarray(got, np.float64), exp, rtol=1e-5)
