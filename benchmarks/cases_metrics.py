@@ -3,9 +3,10 @@
 ``jaxent``: :func:`jaxent.metrics.from_logits` — the states of NLL, perplexity,
 accuracy, top-5 accuracy, ECE/MCE/RMSCE (15 bins), Brier score and predictive
 entropy of one batch — in one jitted call. They are all reductions of the same
-row statistics, so the whole set should cost about one pass over the logits
-more than the max: the target is at most 1.5x ``optax``'s integer-label
-cross-entropy forward (per-example losses) on the same logits. ``separate``
+row statistics (max, sum of exponentials, sum of their squares and of
+e (z - m), label rank): the target is at most 1.5x ``optax``'s integer-label
+cross-entropy forward (per-example losses) on the same logits, with no N x V
+buffer written. ``separate``
 computes the same numbers the way one would by hand (log_softmax, softmax,
 argmax, top_k, one-hot), for comparison.
 """

@@ -203,15 +203,14 @@ def _weighted_half_sum(wt: Array, h: Array, axis: int) -> Array:
 
 
 def _gather_exact(x: Array, idx: Array, axis: int) -> Array:
-    """``take_along_axis`` of a low-precision array through its bits.
+    """``take_along_axis`` through the bits of ``x`` (exact, any float dtype).
 
-    XLA:CPU rewrites ``convert(gather(x))`` into ``gather(convert(x))``; the
-    upcast ``x`` then has two users and is written out in full (1.0 N*K*4
-    temp bytes at 64 x 4096 bf16, 0 through the bits; JAX 0.10.2).
+    XLA:CPU rewrites ``f(gather(x))`` into ``gather(f(x))`` (an upcast, or the
+    shift ``x - m``); ``f(x)`` then has two users and is written out in full
+    (1.0 N*K*4 temp bytes at 4096 x 32768, 0 through the bits; JAX 0.10.2).
     """
-    if x.dtype.itemsize != 2:
-        return jnp.take_along_axis(x, idx, axis=axis)
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+    bits_dt = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, bits_dt)
     return jax.lax.bitcast_convert_type(jnp.take_along_axis(bits, idx, axis=axis), x.dtype)
 
 
@@ -451,10 +450,79 @@ def _neg_log_probs(x, st, mask, cdt):
     return jnp.where(ok, nlp, jnp.zeros((), cdt))
 
 
+def _dense_fast(x, tgt, mask, axis, exclude_true):
+    """The forward loss as one fused chain: max, sum exp, then ``sum a (log s - (z - m))``.
+
+    Every term is >= 0 (no cancellation) and only arithmetic stands between
+    the reductions, so XLA:CPU fuses the whole loss into one pass over the
+    logits, as it does ``optax.softmax_cross_entropy`` (a ``where`` between
+    them splits it: 4096 x 32768 f32, forward, paired: 2.4x optax with the
+    guarded statistics, 1.0x with this chain). It is unguarded: ``0 * inf``
+    (no label mass on a ``-inf`` logit) gives NaN and a logit span beyond the
+    float range overflows, so :func:`_dense` falls back to the guarded
+    statistics whenever a row is not finite. Returns ``(loss, m)``.
+    """
+    cdt = _cdt(x)
+    xm = x if mask is None else jnp.where(mask, x, jnp.asarray(-jnp.inf, x.dtype))
+    m = jnp.max(xm, axis=axis, keepdims=True, initial=-jnp.inf).astype(cdt)
+    m0 = jnp.maximum(m, jnp.finfo(cdt).min)  # arithmetic, not a select: keeps the chain fused
+    z = xm.astype(cdt)
+    log_s = jnp.log(jnp.sum(jnp.exp(z - m0), axis=axis, keepdims=True))
+    zero = jnp.zeros((), cdt)
+    loss = jnp.zeros_like(log_s)
+    # With a guard behind (a spread or soft term), plain products: a select
+    # here would be pulled into the reduction's fusion and split the chain;
+    # 0 * inf gives NaN and sends the call to the guarded statistics.
+    mul = _mul if (tgt.coef is None and tgt.soft is None) else jnp.multiply
+    t = _label_weight(tgt, log_s)
+    if t is not None:
+        zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
+        loss = loss + mul(t, log_s - (zy - m0))
+    v = None
+    if tgt.coef is not None:
+        w = _spread_weights(x, tgt, mask, axis)
+        v = tgt.coef if w is None else tgt.coef * w
+    if tgt.soft is not None:
+        u = _soft_weights(x, tgt, mask, axis)
+        u = u if tgt.scale is None else tgt.scale * u
+        v = u if v is None else v + u
+    if v is not None:
+        nll = log_s - (z - m0)
+        if (
+            v.ndim == 0 or v.shape[axis] == 1
+        ):  # a row coefficient: outside the sum (keeps one fused chain)
+            loss = loss + v * jnp.sum(nll, axis=axis, keepdims=True)
+        else:
+            loss = loss + jnp.sum(v * nll, axis=axis, keepdims=True)
+        if exclude_true:  # R = kept classes without y: remove y's own term (row-level)
+            w_y = jnp.ones((), cdt) if tgt.weights is None else tgt.weights.astype(cdt)[tgt.labels]
+            if mask is not None:
+                w_y = jnp.where(jnp.take_along_axis(mask, tgt.labels, axis=axis), w_y, zero)
+            zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
+            loss = loss - mul(tgt.coef * w_y, log_s - (zy - m0))
+    if tgt.z_loss is not None:
+        lse = log_s + m0
+        loss = loss + mul(tgt.z_loss, lse * lse)
+    keep = m != -jnp.inf
+    if tgt.keep is not None:
+        keep = keep & tgt.keep
+    return jnp.where(keep, loss, zero), m
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _dense(x: Array, tgt: Target, mask: Array | None, axis: int, exclude_true: bool) -> Array:
-    st = partial_stats(x, tgt, axis=axis, exclude_true=exclude_true, mask=mask)
-    return loss_from_stats(st, tgt)[0]
+    loss, m = _dense_fast(x, tgt, mask, axis, exclude_true)
+    if tgt.labels is not None and tgt.coef is None and tgt.soft is None:
+        return loss  # integer labels alone: no 0 * inf can occur, nothing to guard
+    # A row that is not finite although its max is: recompute with the guarded
+    # statistics (-inf logits without label mass, logits beyond the float range).
+    redo = jnp.any(~jnp.isfinite(loss) & jnp.isfinite(m))
+
+    def guarded():
+        st = partial_stats(x, tgt, axis=axis, exclude_true=exclude_true, mask=mask)
+        return loss_from_stats(st, tgt)[0]
+
+    return jax.lax.cond(redo, guarded, lambda: loss)
 
 
 def _nz(t: Any) -> bool:

@@ -1,8 +1,10 @@
 """``python -m jaxent evaluate LOGITS LABELS``: batch evaluation of saved logits.
 
-Reads ``.npy`` (memory-mapped; the pages of each batch are released once it
-is evaluated, so resident memory stays flat however large the file) or
-``.npz`` logits and integer labels, streams fixed-size batches (the last one
+Reads ``.npy`` (memory-mapped for its header; each batch's bytes are read
+with ``pread`` into one batch buffer, so resident memory stays flat however
+large the file) or
+``.npz`` logits (read whole: use ``.npy`` for files larger than memory) and
+integer labels, streams fixed-size batches (the last one
 padded and masked) through one jitted update sharded over all local devices,
 merges the metric states on the host in float64, and prints a table (or JSON)
 of NLL, perplexity, bits per token, accuracy, top-5 accuracy, ECE, MCE, Brier
@@ -82,6 +84,49 @@ def _release(arr: np.ndarray) -> None:
             pass
 
 
+def _read_slice(arr: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """``arr[..., start:stop, ...]`` (along ``axis``) as a new in-memory array.
+
+    For a C-ordered memory-mapped ``.npy`` the bytes are read with ``os.pread``
+    (one read per contiguous chunk), so no page of the file is ever mapped into
+    the process: resident memory holds one batch whatever the file's size.
+    Anything else is sliced and copied, and its mapped pages released.
+    """
+    filename = getattr(arr, "filename", None)
+    if (
+        isinstance(arr, np.memmap)
+        and filename
+        and arr.flags.c_contiguous
+        and getattr(arr, "offset", None) is not None
+        and hasattr(os, "preadv")
+    ):
+        shape = arr.shape
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64)) * arr.dtype.itemsize
+        chunk = (stop - start) * inner
+        out = np.empty((outer, chunk), np.uint8)
+        fd = os.open(filename, os.O_RDONLY)
+        try:
+            for i in range(outer):
+                pos = arr.offset + (i * shape[axis] + start) * inner
+                view = memoryview(out[i])
+                got = 0
+                while got < chunk:
+                    n = os.preadv(fd, [view[got:]], pos + got)
+                    if n <= 0:
+                        raise InputError(f"{filename}: file is shorter than its header says")
+                    got += n
+        finally:
+            os.close(fd)
+        new_shape = (*shape[:axis], stop - start, *shape[axis + 1 :])
+        return out.view(arr.dtype).reshape(new_shape)
+    index = [slice(None)] * arr.ndim
+    index[axis] = slice(start, stop)
+    out = np.array(arr[tuple(index)])
+    _release(arr)
+    return out
+
+
 class Layout:
     """Shapes of the inputs: members, example axes, classes."""
 
@@ -139,19 +184,15 @@ class Layout:
         """``(start, logits [M?, R, K] float32/64, labels [R])`` per batch, unpadded."""
         for start in range(0, self.rows, batch_rows):
             stop = min(start + batch_rows, self.rows)
-            index = [slice(None)] * logits.ndim
-            index[self.batch_axis] = slice(start, stop)
-            z = np.array(logits[tuple(index)])
+            z = _read_slice(logits, self.batch_axis, start, stop)
             if z.dtype != np.float32:  # float16 is computed in float32; float64 too
                 z = z.astype(np.float32)
-            y = np.array(labels[start:stop]).reshape(-1)
+            y = _read_slice(labels, 0, start, stop).reshape(-1)
             if self.member_axis is not None:
                 z = np.moveaxis(z, self.member_axis, 0)
                 z = z.reshape(self.num_members, -1, self.num_classes)
             else:
                 z = z.reshape(-1, self.num_classes)
-            _release(logits)
-            _release(labels)
             yield start, z, y
 
 
@@ -441,6 +482,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
+    try:
+        return _report(args, res, cal, kept, elapsed)
+    except BrokenPipeError:  # e.g. `| head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _report(args: argparse.Namespace, res: dict[str, float], cal: Any, kept: int, elapsed: float):
     if args.plot:
         title = f"reliability: ECE {res['ece']:.4f}, {kept} examples"
         try:

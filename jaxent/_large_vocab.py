@@ -279,10 +279,11 @@ def _block_slices(
     The barrier hides from XLA that ``w`` is the same in every iteration.
     Without it XLA:CPU converts a whole bfloat16 weight to float32 once, before
     the loop (its dots do not take bfloat16 operands): compiled temp memory
-    then grows with V (measured at N=64, D=32, block 256: 0.66 MB at V=4096,
-    2.23 MB at V=16384, i.e. a float32 copy of W). With it, each block is
-    converted on its own and the temp memory is the same at both V (0.13 MB,
-    as in float32). The barrier is an identity: it costs no copy.
+    then grows with V (forward+backward, N=64, D=32, block 256: 0.67 MB at
+    V=4096, 2.25 MB at V=16384, a float32 copy of W). With it, each block is
+    converted on its own and the temp memory is the same at both V (0.15 MB;
+    N=2048, D=1536, block 2048: 60 MiB at V=32768 and at V=128256). The
+    barrier is an identity: it costs no copy.
     """
     w, b, i = jax.lax.optimization_barrier((w, b, i))
     start = jnp.minimum(i * cfg.block, cfg.vocab - cfg.block)
@@ -351,15 +352,25 @@ def _linear_ce_bwd(cfg, res, g):
     tgt = _target(labels, rw, hp, cfg)
     offset = _offset(labels, cfg)
     gcol = g.astype(cdt)[:, None]
-    ragged = cfg.vocab % cfg.block != 0
+    nb = _num_blocks(cfg)
 
-    def body(i, carry):
+    def body(k, carry):
         dh, dw, db = carry
+        # The ragged last block goes first: its re-covered columns get a
+        # gradient of 0, which the next block then overwrites. (Adding to the
+        # slice already written instead made XLA:CPU copy a bfloat16 dW:
+        # +16 MiB per 32768 columns at D = 256.)
+        i = (k + nb - 1) % nb
         blk = _block(h, w, b, labels, offset, i, hp, cfg)
         du = gcol * _engine.grad_logits(
-            blk.z, tgt._replace(labels=blk.labels), lse, st, axis=1, start=blk.start,
+            blk.z,
+            tgt._replace(labels=blk.labels),
+            lse,
+            st,
+            axis=1,
+            start=blk.start,
             mask=blk.mask,
-        )  # fmt: skip
+        )
         if cfg.softcap:
             du = du * _engine.softcap_grad(blk.u, hp[2])
         du = du.astype(h.dtype)
@@ -376,14 +387,9 @@ def _linear_ce_bwd(cfg, res, g):
             preferred_element_type=cdt,
             out_sharding=_explicit_sharding(w_blk),
         ).astype(w.dtype)
-        # In a ragged last block the re-covered columns get exactly 0 added.
-        if ragged:
-            dw_blk = dw_blk + jax.lax.dynamic_slice_in_dim(dw, start, cfg.block, axis=1)
         dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
         if db is not None:
             db_blk = jnp.sum(du.astype(cdt), axis=0).astype(b.dtype)
-            if ragged:
-                db_blk = db_blk + jax.lax.dynamic_slice_in_dim(db, start, cfg.block)
             db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
         return dh, dw, db
 
@@ -393,7 +399,7 @@ def _linear_ce_bwd(cfg, res, g):
         _vary_like(jnp.zeros_like(w), *refs),
         None if b is None else _vary_like(jnp.zeros_like(b), *refs),
     )
-    dh, dw, db = jax.lax.fori_loop(0, _num_blocks(cfg), body, init)
+    dh, dw, db = jax.lax.fori_loop(0, nb, body, init)
     if cfg.axis_name is not None:
         # The hidden states feed every vocabulary shard: sum their contributions
         # (also where shard_map does not track replication, check_vma=False).
@@ -433,6 +439,22 @@ _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 
 
 # --------------------------------------------------------------------------- public functions
+
+
+def _setup(vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt):
+    """The static config and the traced hyper-parameters ``[eps, lam, cap]``."""
+    cfg = _Config(
+        vocab=vocab,
+        block=block,
+        shards=shards,
+        smoothing=not _is_static_zero(label_smoothing),
+        zloss=not _is_static_zero(z_loss),
+        softcap=logit_softcap is not None,
+        axis_name=axis_name,
+    )
+    cap = 1.0 if logit_softcap is None else logit_softcap
+    hp = jnp.stack([jnp.asarray(x, cdt) for x in (label_smoothing, z_loss, cap)])
+    return cfg, hp
 
 
 def _prepare_linear(
@@ -486,22 +508,8 @@ def _prepare_linear(
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
     cdt = _checks.compute_dtype(*dtypes)
     mdt = jnp.result_type(hidden.dtype, weight.dtype)
-    cfg = _Config(
-        vocab=vocab,
-        block=min(_check_block_size(block_size), vocab),
-        shards=shards,
-        smoothing=not _is_static_zero(label_smoothing),
-        zloss=not _is_static_zero(z_loss),
-        softcap=logit_softcap is not None,
-        axis_name=axis_name,
-    )
-    hp = jnp.stack(
-        [
-            jnp.asarray(label_smoothing, cdt),
-            jnp.asarray(z_loss, cdt),
-            jnp.asarray(1.0 if logit_softcap is None else logit_softcap, cdt),
-        ]
-    )
+    block = min(_check_block_size(block_size), vocab)
+    cfg, hp = _setup(vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt)
     n = math.prod(row_shape)
     h2 = hidden.reshape(n, d).astype(mdt)
     where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
@@ -779,16 +787,7 @@ def vocab_parallel_cross_entropy(
     _check_sharded_over(logits_shard, axis_name, shards, "logits_shard")
     v_local = logits_shard.shape[-1]
     cdt = _checks.compute_dtype(logits_shard.dtype)
-    cfg = _Config(
-        vocab=v_local,
-        block=v_local,
-        shards=shards,
-        smoothing=not _is_static_zero(label_smoothing),
-        zloss=not _is_static_zero(z_loss),
-        softcap=False,
-        axis_name=axis_name,
-    )
-    hp = jnp.stack([jnp.asarray(label_smoothing, cdt), jnp.asarray(z_loss, cdt)])
+    cfg, hp = _setup(v_local, v_local, shards, axis_name, label_smoothing, z_loss, None, cdt)
     n = math.prod(row_shape)
     z = logits_shard.reshape(n, v_local)  # upcast inside the engine's reductions
     where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)

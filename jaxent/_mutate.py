@@ -147,7 +147,8 @@ def _eval(closed: Any, leaves: Sequence[Any], kind: str, spec: Any) -> list[Any]
                 prim = jax.lax.sub_p if prim.name == "add" else jax.lax.add_p
             if target and kind == "swap":
                 invals = invals[::-1]
-            subfuns, bind_params = prim.get_bind_params(params)
+            bp = prim.get_bind_params(params)
+            subfuns, bind_params = bp if isinstance(bp, tuple) else ([], bp)
             ans = prim.bind(*subfuns, *invals, **bind_params)
             outs = list(ans) if prim.multiple_results else [ans]
         for v, x in zip(e.outvars, outs, strict=True):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxent import derivations
-from jaxent._verify import LOW_PRECISION_DTYPES, VerifyResult, verify
+from jaxent._verify import LOW_PRECISION_DTYPES, VerifyResult, enable_cache, verify
 
 #: Version of the ``--json`` report's layout (see the README, "JSON report").
 JSON_SCHEMA = "jaxent.verify/2"
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         for d in selected:
             print(f"{d.name}: {d.formula}")
         return 0
+    enable_cache()
     if args.mutate:
         return _run_mutate(args, selected)
     kw: dict[str, Any] = {"num_random": args.num_random, "seed": args.seed}

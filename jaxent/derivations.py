@@ -1489,13 +1489,14 @@ def _agg_plain(mode: str) -> Callable[[Array], Array]:
         seq = jnp.sum(jnp.where(_AGG_MASK, losses, 0.0), axis=-1)
         cnt = jnp.sum(m, axis=-1)
         nonempty = cnt > 0
+        n_seq = jnp.sum(nonempty.astype(losses.dtype))
         if mode == "token-mean":
             return jnp.sum(seq) / jnp.sum(cnt)
         if mode == "seq-mean-token-sum":
-            return jnp.sum(jnp.where(nonempty, seq, 0.0)) / jnp.sum(nonempty)
+            return jnp.sum(jnp.where(nonempty, seq, 0.0)) / n_seq
         if mode == "seq-mean-token-mean":
             per = seq / jnp.where(nonempty, cnt, 1.0)
-            return jnp.sum(jnp.where(nonempty, per, 0.0)) / jnp.sum(nonempty)
+            return jnp.sum(jnp.where(nonempty, per, 0.0)) / n_seq
         return jnp.sum(seq) / losses.shape[-1]
 
     return plain
@@ -1505,7 +1506,7 @@ def _agg_cf(mode: str) -> Callable[[Array], Array]:
     def cf(losses: Array) -> Array:
         m = jnp.asarray(_AGG_MASK).astype(losses.dtype)
         cnt = jnp.sum(m, axis=-1, keepdims=True)
-        n_seq = jnp.sum(cnt > 0)
+        n_seq = jnp.sum((cnt > 0).astype(losses.dtype))
         coef = {
             "token-mean": 1.0 / jnp.sum(cnt),
             "seq-mean-token-sum": 1.0 / n_seq,
@@ -1664,19 +1665,20 @@ register(
 
 
 def _plain_js_normalized(p: Array, q: Array, beta: float) -> Array:
-    """JSD_beta / (beta (1 - beta)); its limits D(p||q), D(q||p) at beta = 0, 1."""
+    """JSD_beta / (beta (1 - beta)); its limits at beta = 0, 1 are the generalised
+    KL sum p log(p/q) - p + q (= D(p||q) on the simplex) and its mirror."""
     if beta == 0.0:
-        return _plain_kl(p, q)
+        return _plain_kl(p, q) - jnp.sum(p) + jnp.sum(q)
     if beta == 1.0:
-        return _plain_kl(q, p)
+        return _plain_kl(q, p) - jnp.sum(q) + jnp.sum(p)
     return _plain_js(p, q, beta) / (beta * (1 - beta))
 
 
 def _js_normalized_cf(p: Array, q: Array, beta: float) -> tuple[Array, Array]:
-    if beta == 0.0:  # D(p||q): log(p/q) + 1, -p/q
-        return jnp.log(p / q) + 1, -p / q
-    if beta == 1.0:  # D(q||p): -q/p, log(q/p) + 1
-        return -q / p, jnp.log(q / p) + 1
+    if beta == 0.0:  # sum p log(p/q) - p + q: log(p/q), 1 - p/q
+        return jnp.log(p / q), 1 - p / q
+    if beta == 1.0:  # sum q log(q/p) - q + p: 1 - q/p, log(q/p)
+        return 1 - q / p, jnp.log(q / p)
     m = beta * p + (1 - beta) * q
     return jnp.log(p / m) / (1 - beta), jnp.log(q / m) / beta
 
@@ -1686,7 +1688,7 @@ for _b in (0.0, 0.3, 1.0):
         Derivation(
             name=f"js_divergence[normalized, beta={_b:g}]",
             formula="dJSn/dp = log(p/m)/(1-beta), dJSn/dq = log(q/m)/beta;"
-            " beta = 0: D(p||q), beta = 1: D(q||p)",
+            " beta = 0: sum p log(p/q) - p + q, beta = 1: its mirror",
             latex=r"\frac{\partial}{\partial p_i}\frac{\mathrm{JS}_\beta}{\beta(1-\beta)}"
             r" = \frac{\log(p_i/m_i)}{1-\beta},\quad m = \beta p + (1-\beta) q",
             function=functools.partial(
@@ -1704,8 +1706,6 @@ for _b in (0.0, 0.3, 1.0):
 def _js_logits_normalized_cf(a: Array, b: Array, beta: float) -> tuple[Array, Array]:
     p, q = jaxent.softmax(a), jaxent.softmax(b)
     gp, gq = _js_normalized_cf(p, q, beta)
-    if beta == 0.0:  # the dq part of D(p||q) chains to q - p
-        gq = -p / q
     return p * (gp - jnp.sum(p * gp)), q * (gq - jnp.sum(q * gq))
 
 

@@ -441,18 +441,28 @@ def vocab_parallel_misuse() -> None:
 
     vp, vpl = jaxent.vocab_parallel_cross_entropy, jaxent.vocab_parallel_linear_cross_entropy
     for name in (None, "nope"):
-        _raises(lambda n=name: run(lambda z, y: vp(z, y, n), (P(None, "tp"), P()), z, y),
-                ValueError, "axis_name")  # fmt: skip
+        _raises(
+            lambda n=name: run(lambda z, y: vp(z, y, n), (P(None, "tp"), P()), z, y),
+            ValueError,
+            "axis_name",
+        )
         _raises(
             lambda n=name: run(lambda h, w, y: vpl(h, w, y, n), (P(), P(None, "tp"), P()), h, w, y),
             ValueError,
             "axis_name",
         )
-    _raises(lambda: run(lambda z, y: vp(z, y, ("tp", 3)), (P(None, "tp"), P()), z, y),
-            TypeError, "axis_name")  # fmt: skip
+    _raises(
+        lambda: run(lambda z, y: vp(z, y, ("tp", 3)), (P(None, "tp"), P()), z, y),
+        TypeError,
+        "axis_name",
+    )
     # Replicated logits / weight: every shard would see all K classes (loss + log 8).
-    _raises(lambda: run(lambda z, y: vp(z, y, "tp"), (P(), P()), z[:, : K // 8], y),
-            ValueError, "logits_shard", "replicated")  # fmt: skip
+    _raises(
+        lambda: run(lambda z, y: vp(z, y, "tp"), (P(), P()), z[:, : K // 8], y),
+        ValueError,
+        "logits_shard",
+        "replicated",
+    )
     _raises(
         lambda: run(lambda h, w, y: vpl(h, w, y, "tp"), (P(), P(), P()), h, w[:, : K // 8], y),
         ValueError,
@@ -502,8 +512,9 @@ def vocab_parallel_explicit_mesh() -> None:
         return jaxent.softmax_cross_entropy_with_integer_labels(h @ w, y)
 
     _close(got_l, ref_l(h, w), rtol=1e-5, what="linear values")
-    for a, b in zip(gl, jax.grad(lambda h, w: jnp.sum(ref_l(h, w)), argnums=(0, 1))(h, w),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        gl, jax.grad(lambda h, w: jnp.sum(ref_l(h, w)), argnums=(0, 1))(h, w), strict=True
+    ):
         _close(a, b, rtol=1e-5, what="linear gradient")
 
 

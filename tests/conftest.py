@@ -53,7 +53,6 @@ X64_MODULES = frozenset(
         "test_large_vocab.py",
         "test_sharding.py",
         "test_verify.py",
-        "test_laws.py",
     }
 )
 

@@ -407,8 +407,7 @@ class TestNormalizedJSD:
             np.testing.assert_allclose(near0, _rel_entr_sum(p, q), rtol=1e-5)
             np.testing.assert_allclose(near1, _rel_entr_sum(q, p), rtol=1e-5)
 
-    @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
-    @pytest.mark.parametrize("normalized", [False, True])
+    @pytest.mark.parametrize(("beta", "normalized"), [(0.0, True), (0.3, False), (1.0, True)])
     def test_gradients_jit_vmap(self, beta, normalized):
         rng = np.random.default_rng(62)
         with jax.enable_x64(True):

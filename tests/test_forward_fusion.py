@@ -4,28 +4,25 @@
 the scratch memory of the compiled forward pass; a pass that writes an
 upcast copy, a select or a log-softmax of the logits needs N*K*4 bytes of
 it. Each f32 forward here must stay below 5 % of that (row statistics only).
-optax's soft-label cross-entropy, measured the same way, writes one N x K
-array (a log-softmax): the test checks that too, so that it can fail.
+The shape is the benchmark's, 4096 x 32768, lowered from abstract shapes
+(nothing is allocated): XLA:CPU's fusion decisions depend on the shape, and
+at small shapes it writes an N x K array even for optax's own loss.
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
 import jaxent
 
-N, K = 64, 4096
+N, K = 4096, 32768
 NK4 = N * K * 4
 
 
-def _inputs():
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(N, K)), jnp.float32)
-    y = jnp.asarray(rng.dirichlet(np.ones(K), N), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, K, N), jnp.int32)
-    return x, y, labels
+def _inputs(dtype=jnp.float32):
+    x = jax.ShapeDtypeStruct((N, K), dtype)
+    return x, x, jax.ShapeDtypeStruct((N,), jnp.int32)
 
 
 def _temp_fraction(f, *args):
@@ -36,10 +33,8 @@ def _temp_fraction(f, *args):
 CASES = {
     "softmax_cross_entropy": lambda x, y, l: jaxent.softmax_cross_entropy(x, y),
     "integer_labels": lambda x, y, l: jaxent.softmax_cross_entropy_with_integer_labels(x, l),
-    "integer_labels_all_options": lambda x, y, l: (
-        jaxent.softmax_cross_entropy_with_integer_labels(
-            x, l, ignore_index=-100, class_weights=jnp.ones(K), z_loss=1e-4
-        )
+    "integer_labels_all_options": lambda x, y, l: jaxent.softmax_cross_entropy_with_integer_labels(
+        x, l, ignore_index=-100, class_weights=jnp.ones(K), z_loss=1e-4
     ),
     "label_smoothed_uniform": lambda x, y, l: jaxent.label_smoothed_cross_entropy(x, l, 0.1),
     "label_smoothed_off_target": lambda x, y, l: jaxent.label_smoothed_cross_entropy(
@@ -66,7 +61,7 @@ def test_f32_forward_writes_no_n_by_k_array(name):
 
 def test_the_measurement_sees_an_n_by_k_write():
     x, y, _ = _inputs()
-    assert _temp_fraction(optax.losses.softmax_cross_entropy, x, y) >= 0.9
+    assert _temp_fraction(optax.losses.softmax_cross_entropy, x, y) < 0.05  # optax: fused
     assert _temp_fraction(lambda x: jnp.sum(jnp.where(x > 0, x, 0.0), axis=1), x) >= 0.9
 
 
@@ -80,6 +75,5 @@ def test_eager_call_is_one_compiled_dispatch(name):
 
 
 def test_bf16_integer_labels_write_no_f32_copy():
-    x, _, labels = _inputs()
-    f = CASES["integer_labels"]
-    assert _temp_fraction(f, x.astype(jnp.bfloat16), None, labels) < 0.05
+    x, _, labels = _inputs(jnp.bfloat16)
+    assert _temp_fraction(CASES["integer_labels"], x, None, labels) < 0.05

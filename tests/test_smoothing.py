@@ -661,3 +661,85 @@ class TestOptimalLogitGap:
             jaxent.optimal_logit_gap(1.0, 10)
         with pytest.raises(ValueError, match="convention"):
             jaxent.optimal_logit_gap(0.1, 10, convention="x")
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+
+class TestIssue9:
+    def test_smooth_labels_narrow_dtype_does_not_wrap(self):
+        # Defect 5: int8 label 10 with 300 classes put mass on 10 and 266 (10 + 256).
+        out = np.asarray(jaxent.smooth_labels(np.array([10], np.int8), 0.1, num_classes=300))
+        want = ref_smooth(onehot(np.array([10]), 300), 0.1, "uniform")
+        np.testing.assert_allclose(out, want, rtol=1e-6)
+        assert out[0, 266] == out[0, 0]
+
+    def test_narrow_dtype_label_smoothed_loss(self):
+        z = rand_logits(40, (2, 300))
+        labels = np.array([10, 290], np.int16)
+        for conv in CONVENTIONS:
+            want = ref_ce(z, ref_smooth(onehot(labels.astype(np.int64), 300), 0.2, conv))
+            out = jaxent.label_smoothed_cross_entropy(
+                z, labels.astype(np.uint16), 0.2, convention=conv
+            )
+            np.testing.assert_allclose(out, want, rtol=1e-12)
+
+    def test_wrapper_rejects_integer_label_losses(self):
+        # Defect 14: optax's integer-label loss used to fail deep inside optax.
+        for fn in (
+            optax.losses.softmax_cross_entropy_with_integer_labels,
+            jaxent.softmax_cross_entropy_with_integer_labels,
+        ):
+            with pytest.raises(TypeError, match="label_smoothed_cross_entropy") as err:
+                jaxent.with_label_smoothing(fn, 0.1)
+            assert "soft-label loss" in str(err.value)
+
+    def test_wrapper_ignore_index_and_where_drop_rows(self):
+        z = rand_logits(41, (4, 6))
+        labels = np.array([1, -100, 5, 0])
+        keep = labels != -100
+        want = ref_ce(z[keep], ref_smooth(onehot(labels[keep], 6), 0.1, "uniform"))
+        for ce in (optax.losses.softmax_cross_entropy, jaxent.softmax_cross_entropy):
+            loss = jaxent.with_label_smoothing(ce, 0.1, ignore_index=-100)
+            out = loss(z, labels)
+            np.testing.assert_allclose(out[keep], want, rtol=1e-12)
+            assert out[1] == 0
+            g = jax.grad(lambda x, loss=loss: loss(x, labels).sum())(z)
+            np.testing.assert_array_equal(g[1], 0)
+        # Without ignore_index: a NaN row, removable with the inner loss's row mask.
+        plain = jaxent.with_label_smoothing(jaxent.softmax_cross_entropy, 0.1)
+        assert np.isnan(plain(z, labels)[1])
+        out = plain(z, np.where(keep, labels, 0), where=keep)
+        np.testing.assert_allclose(out[keep], want, rtol=1e-12)
+
+    def test_wrapper_has_its_own_name_and_docstring(self):
+        loss = jaxent.with_label_smoothing(
+            optax.losses.softmax_cross_entropy, 0.3, convention="off_target"
+        )
+        assert loss.__name__ == "label_smoothed_softmax_cross_entropy"
+        assert "epsilon=0.3" in loss.__doc__ and "eps/(K - 1)" in loss.__doc__
+        assert loss.__doc__ != optax.losses.softmax_cross_entropy.__doc__
+
+    @pytest.mark.parametrize("dt", [jnp.bfloat16, jnp.float16])
+    def test_wrapper_returns_the_logits_dtype(self, dt):
+        # Defect 13: bfloat16 logits gave a float32 loss.
+        z = jnp.asarray(rand_logits(42, (3, 5)), dt)
+        labels = np.array([0, 4, 2])
+        with jax.numpy_dtype_promotion("strict"):
+            for ce in (optax.losses.softmax_cross_entropy, jaxent.softmax_cross_entropy):
+                out = jaxent.with_label_smoothing(ce, 0.1)(z, labels)
+                assert out.dtype == dt
+                want = ref_ce(
+                    np.asarray(z, np.float64), ref_smooth(onehot(labels, 5), 0.1, "uniform")
+                )
+                np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=2e-2)
+
+    def test_wrapper_fast_path_equals_the_one_hot_path(self):
+        z = rand_logits(43, (3, 7))
+        labels = np.array([6, 0, 3])
+        fast = jaxent.with_label_smoothing(jaxent.softmax_cross_entropy, 0.2)(z, labels)
+        slow = jaxent.with_label_smoothing(lambda x, y: jaxent.softmax_cross_entropy(x, y), 0.2)
+        np.testing.assert_allclose(fast, slow(z, labels), rtol=1e-12)
+        np.testing.assert_allclose(
+            fast, ref_ce(z, ref_smooth(onehot(labels, 7), 0.2, "uniform")), rtol=1e-12
+        )

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", list(D.REGISTRY))
 def test_every_registered_derivation_passes(name):
-    r = jaxent.verify(name, num_random=1)
+    # the first-order references only (second order, transforms and low precision have
+    # their own tests in test_verify_research.py): one compilation per input structure
+    r = jaxent.verify(name, num_random=1, second_order=False, transforms=False, low_precision=False)
     assert r.passed, str(r)
     assert r.max_abs_error_fd is not None or name == "softmax"  # every entry has FD inputs
     if D.REGISTRY[name].edge_cases:
@@ -228,12 +230,12 @@ def _run_cli(*args, env_extra=None):
 
 
 def test_cli_json_output():
-    proc = _run_cli("verify", "--json", "--only", "softmax", "--only", "entropy*")
+    proc = _run_cli("verify", "--json", "--only", "softmax", "--only", "entropy", "--num-random", "1")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     names = [r["name"] for r in out["results"]]
-    assert names == ["softmax", "entropy", "entropy_from_logits"]
-    assert out["passed"] is True and out["failed"] == [] and out["num_derivations"] == 3
+    assert names == ["softmax", "entropy"]
+    assert out["passed"] is True and out["failed"] == [] and out["num_derivations"] == 2
     assert all(r["passed"] and r["max_abs_error_autodiff"] < 1e-10 for r in out["results"])
     assert out["results"][0]["details"][0]["label"] == "random 0"
 
