@@ -107,6 +107,8 @@ class Case:
       noise: which noise calibration decides this case's ties (``"jit"``,
         ``"eager"``, ``"compile"``; the ``"jit"`` one when that group has none).
       calibrates: set on a noise-calibration case: the group it measures.
+      table: ``"loss"`` puts the case, named ``loss/mode/NxV/dtype``, in the
+        report's per-mode tables of losses; anything else in its generic table.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Case:
     floor: str | None = None
     noise: str = "jit"
     calibrates: str | None = None
+    table: str | None = None
 
 
 REGISTRY: dict[str, Case] = {}
@@ -240,7 +243,9 @@ _NO_WRITE = {
 _CONTROL = {"while", "call", "conditional", "async-start"}
 _SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _COMP_HEAD = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_CALLED = re.compile(r"(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)")
+_CALLED = re.compile(
+    r"(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)"
+)
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 
 
@@ -254,13 +259,13 @@ def _split_instruction(line: str) -> tuple[str, str, str] | None:
     name, rest = s.split("=", 1)
     rest = rest.strip()
     if rest.startswith("("):  # a tuple type: find its closing parenthesis
-        depth = 0
-        for i, ch in enumerate(rest):
+        depth, end = 0, len(rest)
+        for end, ch in enumerate(rest, start=1):  # noqa: B007 - `end` is used below
             depth += ch == "("
             depth -= ch == ")"
             if depth == 0:
                 break
-        typ, rest = rest[: i + 1], rest[i + 1 :].strip()
+        typ, rest = rest[:end], rest[end:].strip()
     else:
         typ, _, rest = rest.partition(" ")
     opcode = rest.split("(", 1)[0].strip()
@@ -325,7 +330,9 @@ def nv_writes(hlo_text: str, threshold: int) -> list[str]:
 
 
 def _largest_array(args: tuple[Any, ...]) -> int:
-    sizes = [int(math.prod(a.shape)) for a in jax.tree_util.tree_leaves(args) if hasattr(a, "shape")]
+    sizes = [
+        int(math.prod(a.shape)) for a in jax.tree_util.tree_leaves(args) if hasattr(a, "shape")
+    ]
     return max(sizes, default=0)
 
 
@@ -375,7 +382,9 @@ def _floor_impl(kind: str, ref: Impl) -> Impl:
         return state[0]
 
     run.lower = lambda: step.lower(state[0], *others)  # type: ignore[attr-defined]
-    return Impl(run, (), framework="jax-donated", nv_elements=ref.nv_elements or _largest_array(ref.args))
+    return Impl(
+        run, (), framework="jax-donated", nv_elements=ref.nv_elements or _largest_array(ref.args)
+    )
 
 
 # --------------------------------------------------------------------------- paired timing
@@ -571,6 +580,7 @@ def run_case(
         "floor": case.floor,
         "noise_group": case.calibrates or case.noise,
         "calibrates": case.calibrates,
+        "table": case.table,
         "impls": timed,
         "ratios": {},
         "ratio_stats": {},

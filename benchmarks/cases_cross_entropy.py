@@ -325,6 +325,7 @@ def register_family(family: str, fam: Family, torch_fn: Callable[..., Any] | Non
                 description=f"{fam.what}, forward only",
                 targets={"optax|log_softmax": FWD_TARGET[dtype]},
                 floor="read",
+                table="loss",
             )
         )
     modes = ["fwdbwd", "fwdbwd_q"] if family == "kl_logits" else ["fwdbwd"]
@@ -341,6 +342,7 @@ def register_family(family: str, fam: Family, torch_fn: Callable[..., Any] | Non
                     targets={"optax": 1.0},
                     floor="rw",
                     memory=True,
+                    table="loss",
                 )
             )
     register(
@@ -350,6 +352,7 @@ def register_family(family: str, fam: Family, torch_fn: Callable[..., Any] | Non
             description=f"{fam.what}, un-jitted call",
             targets={"optax": 1.5},
             noise="eager",
+            table="loss",
         )
     )
     register(
@@ -359,6 +362,7 @@ def register_family(family: str, fam: Family, torch_fn: Callable[..., Any] | Non
             description=f"{fam.what}: trace + lower + compile of jit(value_and_grad)",
             targets={"optax": 1.2},
             noise="compile",
+            table="loss",
         )
     )
 
@@ -382,6 +386,7 @@ def _register() -> None:
                     else {"optax": 1.0},
                     floor="read" if mode == "fwd" else "rw",
                     default=False,
+                    table="loss",
                 )
             )
 

@@ -66,9 +66,10 @@ def _mib(mem: dict[str, Any] | None, key: str = "temp_bytes") -> str:
     return f"{mem[key] / MiB:.0f}"
 
 
-def _split(name: str) -> tuple[str, str, str, str] | None:
+def _split(name: str, res: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """``(loss, mode, shape, dtype)`` of a case of the per-mode loss tables."""
     parts = name.split("/")
-    if len(parts) == 4 and parts[1] in MODES and parts[0] not in ("noise", "checked"):
+    if res.get("table") == "loss" and len(parts) == 4 and parts[1] in MODES:
         return parts[0], parts[1], parts[2], parts[3]
     return None
 
@@ -130,7 +131,7 @@ def _family_table(mode: str, rows: list[tuple[str, str, str, dict[str, Any]]]) -
                 continue
             imp = res["impls"]
 
-            def t(name: str) -> str:
+            def t(name: str, imp: dict[str, Any] = imp) -> str:
                 if name not in imp:
                     return ""
                 s = imp[name]["median_s"]
@@ -240,7 +241,7 @@ def render(data: dict[str, Any], source: str = "RESULTS.json", note: str | None 
     for name, res in data["cases"].items():
         if name.startswith("noise/"):
             continue
-        parts = _split(name)
+        parts = _split(name, res)
         if parts is not None:
             family, mode, shape, dtype = parts
             by_mode.setdefault(mode, []).append((family, shape, dtype, res))

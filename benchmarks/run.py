@@ -187,7 +187,7 @@ def _version(module: str) -> str | None:
 
 def machine_meta(quick: bool, modules: list[str]) -> dict[str, Any]:
     """Who, where and what: the header of a run's JSON."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     meta: dict[str, Any] = {
         "timestamp": now.isoformat(timespec="seconds"),
         "quick": quick,

@@ -187,9 +187,9 @@ def weights_kept(name: str, x: Array, ctx: _Ctx) -> None:
     _report(_masked(~(x >= 0), mask), name, x, "must be >= 0 (and not NaN)")
 
 
-def open_unit_interval(name: str, x: Array, ctx: _Ctx) -> None:
-    """A mixture weight in (0, 1) (``beta`` of the JS divergence)."""
-    _report(~((x > 0) & (x < 1)), name, x, "must be in (0, 1)")
+def closed_unit_interval(name: str, x: Array, ctx: _Ctx) -> None:
+    """A mixture weight in [0, 1] (``beta`` of the JS divergence)."""
+    _report(~((x >= 0) & (x <= 1)), name, x, "must be in [0, 1]")
 
 
 def log_base(name: str, x: Array, ctx: _Ctx) -> None:
@@ -349,7 +349,7 @@ BY_ARGUMENT: dict[str, _Validator] = {
     "z_loss": nonnegative,
     "logit_softcap": positive,
     "temperature": positive,
-    "beta": open_unit_interval,
+    "beta": closed_unit_interval,
     "base": log_base,
     # Gaussians, linear heads
     "mean_p": finite,
@@ -481,8 +481,14 @@ def checked(
     * probability vectors (``p``, ``q``, soft labels): entries in [0, 1] and
       kept entries of each row summing to 1 within ``atol``; elementwise
       probabilities (``logit``, ``binary_entropy``, BCE): in [0, 1];
-    * standard deviations: finite and > 0; weights: >= 0; smoothing factors:
-      in [0, 1); log-probabilities: no NaN, no ``+inf``.
+    * standard deviations, ``logit_softcap``, ``temperature``: finite and > 0;
+      weights and ``z_loss``: >= 0; smoothing factors: in [0, 1); ``beta``: in
+      [0, 1]; ``base``: finite, > 0, != 1; log-probabilities: no NaN, no
+      ``+inf``, and ``log_p``/``log_sampler`` of ``kl_estimate`` finite (a
+      drawn sample has probability > 0).
+
+    The validators come from what each argument's name means
+    (:data:`BY_ARGUMENT`), with per-function exceptions (:data:`VALIDATORS`).
 
     A failure names the argument and the first offending index, e.g.
     ``labels[3] = 12 is out of range [0, 10)`` or
@@ -495,7 +501,9 @@ def checked(
       * Called under a transformation (``jax.jit``, ``vmap``, ``grad``, ``scan``)
         with ``under_trace="callback"`` (default), the check runs at run time in
         a ``jax.debug.callback``: the computation fails with
-        ``jax.errors.JaxRuntimeError`` whose message contains the same text.
+        ``jax.errors.JaxRuntimeError`` whose message ends with the same text;
+        the one-line message is printed on stderr first (JAX's own log record
+        of the callback's traceback is dropped for these errors).
         With ``under_trace="checkify"``, the check is staged as
         ``checkify.check_error`` instead: wrap the outermost function in
         ``checkify.checkify`` and call ``err.throw()``, which raises

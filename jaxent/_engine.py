@@ -208,6 +208,8 @@ def _gather_exact(x: Array, idx: Array, axis: int) -> Array:
     XLA:CPU rewrites ``f(gather(x))`` into ``gather(f(x))`` (an upcast, or the
     shift ``x - m``); ``f(x)`` then has two users and is written out in full
     (1.0 N*K*4 temp bytes at 4096 x 32768, 0 through the bits; JAX 0.10.2).
+    Not differentiable (a bitcast has no derivative): primal passes only,
+    never inside a custom rule that autodiff differentiates again.
     """
     bits_dt = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
     bits = jax.lax.bitcast_convert_type(x, bits_dt)
@@ -244,7 +246,7 @@ def partial_stats(
     zy = hw = w_tot = hu = u_tot = None
     if tgt.labels is not None:
         if dense:
-            zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
+            zy = jnp.take_along_axis(xm, tgt.labels, axis=axis).astype(cdt)
         else:
             hit = _label_hit(x.shape, tgt.labels, axis, start)
             zy = jnp.sum(jnp.where(hit, z, zero), axis=axis, keepdims=True)

@@ -67,6 +67,11 @@ def safe_log(x: Array, active: Array) -> Array:
 def self_information(p: ArrayLike, *, base: float | None = None) -> Array:
     r"""Self-information (surprisal) :math:`I(p) = -\log_b p`, elementwise.
 
+    I(p) = -log_b p;  dI/dp = -1 / (p ln b).
+
+    .. math::
+      I(p) = -\log_b p, \qquad \frac{dI}{dp} = -\frac{1}{p \ln b}
+
     Rare events carry much information, certain ones none (seeds 002/003:
     :math:`I(x) = -\log_2 p(x)` in bits). ``I(0) = +inf``; its gradient
     :math:`-1/(p \ln b)` is autodiff of ``log`` (already the closed form).
@@ -77,6 +82,11 @@ def self_information(p: ArrayLike, *, base: float | None = None) -> Array:
 
     Returns:
       Elementwise self-information in the floating dtype of ``p``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.self_information(jnp.array([0.5, 0.25]), base=2)
+      Array([1., 2.], dtype=float32)
     """
     p = _checks.as_inexact(p, "p")
     x = p.astype(_checks.compute_dtype(p.dtype))
@@ -112,6 +122,8 @@ def entropy(
 ) -> Array:
     r"""Shannon entropy :math:`H(p) = -\sum_i p_i \log_b p_i`.
 
+    H(p) = -sum_i p_i log p_i;  dH/dp_i = -(log p_i + 1) (0 where p_i = 0).
+
     .. math::
       \frac{\partial H}{\partial p_i} = -(\log p_i + 1)\ \ (p_i > 0), \qquad 0\ \ (p_i = 0)
 
@@ -126,6 +138,11 @@ def entropy(
 
     Returns:
       Entropies (``p.shape`` without ``axis``) in the floating dtype of ``p``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.entropy(jnp.array([0.5, 0.5, 0.0]), base=2)  # 0 log 0 = 0
+      Array(1., dtype=float32)
     """
     (p,), ax, mask, dt = prepare_probs({"p": p}, axis, where)
     return _checks.in_base(_entropy(p, mask, ax), base).astype(dt)
@@ -238,6 +255,11 @@ def entropy_from_logits(
 def binary_entropy(p: ArrayLike, *, base: float | None = None) -> Array:
     r"""Binary entropy :math:`h(p) = -p\log p - (1-p)\log(1-p)`, elementwise.
 
+    h(p) = -p log p - (1 - p) log(1 - p);  h'(p) = log((1 - p) / p).
+
+    .. math::
+      h(p) = -p\log p - (1-p)\log(1-p), \qquad h'(p) = \log\frac{1-p}{p}
+
     :math:`h(0) = h(1) = 0`; :math:`h'(p) = \log\frac{1-p}{p}`. At ``p`` = 0 or
     1 the support convention holds the vanishing term at 0, so the gradient
     there is +1 / -1 (finite) rather than :math:`\pm\infty`. The derivative is
@@ -249,6 +271,11 @@ def binary_entropy(p: ArrayLike, *, base: float | None = None) -> Array:
 
     Returns:
       Elementwise binary entropy in the floating dtype of ``p``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.binary_entropy(jnp.array([0.5, 0.0]), base=2)
+      Array([1., 0.], dtype=float32)
     """
     p = _checks.as_inexact(p, "p")
     x = p.astype(_checks.compute_dtype(p.dtype))
@@ -304,6 +331,8 @@ def cross_entropy(
 ) -> Array:
     r"""Cross-entropy :math:`H(p, q) = -\sum_i p_i \log_b q_i` between probability vectors.
 
+    H(p, q) = -sum_i p_i log q_i;  dH/dp_i = -log q_i,  dH/dq_i = -p_i / q_i.
+
     .. math::
       \frac{\partial H}{\partial p_i} = -\log q_i, \qquad
       \frac{\partial H}{\partial q_i} = -\frac{p_i}{q_i}
@@ -323,6 +352,11 @@ def cross_entropy(
 
     Returns:
       Cross-entropies in the promoted floating dtype of ``p`` and ``q``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.cross_entropy(jnp.array([1.0, 0.0]), jnp.array([0.5, 0.5]), base=2)
+      Array(1., dtype=float32)
     """
     (p, q), ax, mask, dt = prepare_probs({"p": p, "q": q}, axis, where)
     return _checks.in_base(_cross_entropy(p, q, mask, ax), base).astype(dt)

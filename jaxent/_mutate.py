@@ -17,7 +17,10 @@ left intact):
 
 A mutant is *caught* when :func:`jaxent.verify`'s checks of the claim fail on
 at least one input (references are computed once per derivation, the mutated
-claim is judged against them). ``check_grads_baseline`` runs
+claim is judged against them); a mutant whose output equals the original's to
+within 8 float64 ULPs (normwise) on every input is *equivalent* (a term that is
+0 there, e.g. a constant shift removed by the softmax Jacobian) and is left out
+of the score: no numerical check can tell the two apart. ``check_grads_baseline`` runs
 ``jax.test_util.check_grads`` (float64, reverse mode) on a custom rule built
 from each mutant, for comparison.
 """
@@ -66,6 +69,9 @@ class MutationResult:
       caught_by: per mutant, the references that caught it (``"error"`` if the
         mutant raised).
       baseline_passed: the unmutated closed form passes (else mutants are not judged).
+      equivalent: per mutant, its output equals the unmutated claim's to within
+        ``EQUIVALENT_ULPS`` on every input (e.g. a term that is 0 there, arguments
+        swapped in ``ones_like``): it cannot be caught and is left out of the score.
     """
 
     name: str
@@ -73,10 +79,19 @@ class MutationResult:
     caught: tuple[bool, ...]
     caught_by: tuple[tuple[str, ...], ...]
     baseline_passed: bool
+    equivalent: tuple[bool, ...] = ()
 
     @property
     def survivors(self) -> list[Mutant]:
-        return [m for m, c in zip(self.mutants, self.caught, strict=True) if not c]
+        """Mutants neither caught nor equivalent."""
+        eq = self.equivalent or (False,) * len(self.mutants)
+        return [m for m, c, e in zip(self.mutants, self.caught, eq, strict=True) if not c and not e]
+
+    @property
+    def counted(self) -> list[bool]:
+        """Caught flags of the mutants that count (not equivalent)."""
+        eq = self.equivalent or (False,) * len(self.mutants)
+        return [c for c, e in zip(self.caught, eq, strict=True) if not e]
 
 
 def _is_float(var: Any) -> bool:
@@ -103,7 +118,9 @@ def _candidates(closed: Any, leaves: Sequence[Any]) -> dict[str, list[Any]]:
             continue
         if name in _ADDSUB:
             out["drop"].append(("eqn", i, f"drop: {name} #{i} -> first operand"))
-            out["sign"].append(("eqn", i, f"sign: {name} #{i} -> {'sub' if name == 'add' else 'add'}"))
+            out["sign"].append(
+                ("eqn", i, f"sign: {name} #{i} -> {'sub' if name == 'add' else 'add'}")
+            )
         elif name == "neg":
             out["sign"].append(("eqn", i, f"sign: neg #{i} removed"))
     shapes = [(np.shape(x), np.asarray(x).dtype) for x in leaves]
@@ -155,7 +172,10 @@ def _eval(closed: Any, leaves: Sequence[Any], kind: str, spec: Any) -> list[Any]
             env[v] = x
     res = [read(v) for v in jaxpr.outvars]
     if kind == "scale":
-        res = [r * (1.0 + SCALE) if jnp.issubdtype(jnp.result_type(r), jnp.floating) else r for r in res]
+        res = [
+            r * (1.0 + SCALE) if jnp.issubdtype(jnp.result_type(r), jnp.floating) else r
+            for r in res
+        ]
     return res
 
 
@@ -200,17 +220,24 @@ def mutate(
         if not all(c.passed for c in base):
             return MutationResult(d.name, tuple(mutants), (False,) * len(mutants),
                                   ((),) * len(mutants), False)  # fmt: skip
-        caught, by = [], []
+        unmutated = []  # evaluated the way mutants are (op by op), for bitwise equivalence
+        for i in range(len(cases)):
+            closed, _, leaves = _trace(d, p.args[i])
+            unmutated.append(_eval(closed, leaves, "none", None))
+        caught, by, equivalent = [], [], []
         for m in mutants:
             refs: list[str] = []
+            same = True
             for i in range(len(cases)):
                 try:
                     claim = _mutated_claim(d, p.args[i], m)
                 except Exception:  # noqa: BLE001 - a mutant that crashes is caught
                     refs.append("error")
+                    same = False
                     continue
                 if claim is None:
                     continue
+                same = same and _identical(claim, unmutated[i])
                 r = V._judge_case(p, i, claim)
                 refs += [k.reference for k in r.checks if not k.passed]
                 if not r.checks and not r.passed:
@@ -218,7 +245,37 @@ def mutate(
             refs = list(dict.fromkeys(refs))
             caught.append(bool(refs))
             by.append(tuple(refs))
-    return MutationResult(d.name, tuple(mutants), tuple(caught), tuple(by), True)
+            equivalent.append(same and not refs)
+    return MutationResult(d.name, tuple(mutants), tuple(caught), tuple(by), True, tuple(equivalent))
+
+
+#: A mutant within this many float64 ULPs (normwise) of the original on every input is
+#: equivalent: no numerical check can tell them apart.
+EQUIVALENT_ULPS = 8
+
+
+def _identical(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Outputs equal to within EQUIVALENT_ULPS, normwise (NaN and infinities equal)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.size != y.size:
+            return False
+        x = x.reshape(y.shape)
+        if not np.array_equal(np.isnan(x), np.isnan(y)):
+            return False
+        fin = np.isfinite(x) & np.isfinite(y)
+        if not np.array_equal(x[~fin & ~np.isnan(y)], y[~fin & ~np.isnan(y)]):
+            return False
+        scale = float(np.abs(y[fin]).max()) if fin.any() else 0.0
+        if (
+            fin.any()
+            and float(np.abs(x[fin] - y[fin]).max())
+            > EQUIVALENT_ULPS * 2.220446049250313e-16 * scale
+        ):
+            return False
+    return True
 
 
 def check_grads_baseline(d: Derivation, *, num_random: int = 2, seed: int = 0) -> list[bool]:
@@ -233,7 +290,11 @@ def check_grads_baseline(d: Derivation, *, num_random: int = 2, seed: int = 0) -
     mutants = mutants_of(d, num_random, seed)
     out = []
     with jax.enable_x64(True):
-        cases = [c for c in V.cases_for(d, num_random=num_random, seed=seed) if c.label.startswith("random")]
+        cases = [
+            c
+            for c in V.cases_for(d, num_random=num_random, seed=seed)
+            if c.label.startswith("random")
+        ]
         for m in mutants:
             hit = False
             for c in cases:
@@ -271,7 +332,8 @@ def _custom_rule(d: Derivation, args: list[Any], m: Mutant) -> Callable[..., Any
         if claim is None:
             claim = list(d.closed_form(*full(*xs)))
         return tuple(
-            jnp.tensordot(ct, g, axes=jnp.ndim(ct)).astype(x.dtype) for g, x in zip(claim, xs, strict=True)
+            jnp.tensordot(ct, g, axes=jnp.ndim(ct)).astype(x.dtype)
+            for g, x in zip(claim, xs, strict=True)
         )
 
     f.defvjp(fwd, bwd)

@@ -156,6 +156,8 @@ def _softmax_jvp(axis, primals, tangents):
 def softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> Array:
     r"""Numerically stable softmax.
 
+    softmax(z)_i = exp(z_i - m) / sum_j exp(z_j - m), m = max z; Jacobian diag(p) - p p^T.
+
     .. math::
       \mathrm{softmax}(z)_i = \frac{e^{z_i - m}}{\sum_j e^{z_j - m}}, \qquad m = \max_j z_j
 
@@ -206,6 +208,9 @@ def _log_softmax_jvp(axis, primals, tangents):
 def log_softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> Array:
     r"""Numerically stable log-softmax.
 
+    log_softmax(z)_i = (z_i - m) - log sum_j exp(z_j - m), m = max z;
+    dl = dz - <softmax(z), dz>.
+
     .. math::
       \log\mathrm{softmax}(z)_i = z_i - \log\sum_j e^{z_j}
 
@@ -219,6 +224,11 @@ def log_softmax(logits: ArrayLike, axis: int = -1, where: ArrayLike | None = Non
 
     Returns:
       Log-probabilities with the shape and dtype of ``logits``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.log_softmax(jnp.array([0.0, 0.0, -jnp.inf]))
+      Array([-0.6931472, -0.6931472,       -inf], dtype=float32)
     """
     x, ax, mask, dt = prepare_logits(logits, axis, where)
     return _log_softmax(x, mask, ax).astype(dt)
@@ -251,6 +261,8 @@ def logsumexp(
 ) -> Array:
     r"""Numerically stable :math:`\log\sum_i e^{z_i}` over one axis.
 
+    lse(z) = m + log sum_i exp(z_i - m), m = max z; gradient softmax(z).
+
     .. math::
       \mathrm{lse}(z) = m + \log\sum_i e^{z_i - m}, \qquad m = \max_i z_i
 
@@ -265,6 +277,11 @@ def logsumexp(
 
     Returns:
       The reduced array in the dtype of ``logits``.
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.logsumexp(jnp.zeros((2, 0)))  # an empty class axis: an empty row
+      Array([-inf, -inf], dtype=float32)
     """
     x, ax, mask, dt = prepare_logits(logits, axis, where)
     out = _logsumexp(x, mask, ax)
@@ -298,6 +315,11 @@ def logit(p: ArrayLike) -> Array:
 
     Returns:
       Log-odds in the floating dtype of ``p`` (computed in at least float32).
+
+    Example:
+      >>> import jaxent, jax.numpy as jnp
+      >>> jaxent.logit(jnp.array([0.5, 0.0, 1.0]))
+      Array([  0., -inf,  inf], dtype=float32)
     """
     p = _checks.as_inexact(p, "p")
     return _logit(p.astype(_checks.compute_dtype(p.dtype))).astype(p.dtype)

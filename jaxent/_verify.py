@@ -248,7 +248,9 @@ class VerifyResult:
 
 def _describe(k: Check) -> str:
     if k.reference == "taylor":
-        return f"taylor: slope {_fmt2(k.error)} < {k.tolerance}" + (f" ({k.note})" if k.note else "")
+        return f"taylor: slope {_fmt2(k.error)} < {k.tolerance}" + (
+            f" ({k.note})" if k.note else ""
+        )
     return f"{k.reference}: {_fmt(k.error)} rel > rtol {k.tolerance:.0e}" + (
         f" ({k.note})" if k.note else ""
     )
@@ -342,7 +344,11 @@ def _to_x64(x: Any) -> Any:
 
 def _structure(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(
-        None if a is None else ("py", a) if isinstance(a, (bool, np.bool_)) else (a.shape, a.dtype.str)
+        None
+        if a is None
+        else ("py", a)
+        if isinstance(a, (bool, np.bool_))
+        else (a.shape, a.dtype.str)
         for a in args
     )
 
@@ -575,9 +581,9 @@ def _prepare(
         keys = jax.random.split(jax.random.key(seed), len(idx))
         ax = _in_axes(stacked)
         try:
-            res = _compiled(jax.vmap(lambda *a, core=core: core(list(a[:-1]), a[-1]), in_axes=(*ax, 0)))(
-                *stacked, keys
-            )
+            res = _compiled(
+                jax.vmap(lambda *a, core=core: core(list(a[:-1]), a[-1]), in_axes=(*ax, 0))
+            )(*stacked, keys)
             res = jax.tree.map(np.asarray, res)
             for j, i in enumerate(idx):
                 refs[i] = _index(res, j)
@@ -664,9 +670,7 @@ def _symbolic_values(d: Derivation, args: list[list[Any]]) -> list[Any]:
 # --------------------------------------------------------------------------- judging
 
 
-def _taylor(
-    v: np.ndarray, fx: float, fh: np.ndarray, g: np.ndarray, argument: str
-) -> Check:
+def _taylor(v: np.ndarray, fx: float, fh: np.ndarray, g: np.ndarray, argument: str) -> Check:
     hs = np.asarray(_TAYLOR_H)
     g = np.asarray(g, np.float64).reshape(np.shape(v)) if np.size(g) == np.size(v) else None
     if g is None:
@@ -677,7 +681,16 @@ def _taylor(
     floor = 1e3 * _EPS64 * (np.abs(fx) + np.abs(fh) + np.abs(hs * gv)) + 1e-300
     table = tuple((float(h), float(r)) for h, r in zip(hs, rem, strict=True))
     if not np.isfinite(gv) or np.isnan(g[v != 0]).any():
-        return Check("taylor", argument, None, None, TAYLOR_MIN_SLOPE, False, note="claim not finite", table=table)
+        return Check(
+            "taylor",
+            argument,
+            None,
+            None,
+            TAYLOR_MIN_SLOPE,
+            False,
+            note="claim not finite",
+            table=table,
+        )
     valid = np.isfinite(rem) & np.isfinite(fh) & (rem > floor)
     pairs = [i for i in range(len(hs) - 1) if valid[i] and valid[i + 1]]
     if not pairs:
@@ -767,7 +780,15 @@ def _judge_case(p: _Prepared, i: int, claim: Sequence[Any] | None) -> CaseResult
             checks += _second_checks(ref["second"][k], name, p.fd_steps)
     passed = all(k.passed for k in checks)
     failed = list(dict.fromkeys(f"{k.reference}" for k in checks if not k.passed))
-    msgs = [m for m in dict.fromkeys(k.note for k in checks if k.reference in ("autodiff", "library_rev", "library_fwd") and k.note) if m]  # noqa: E501
+    msgs = [
+        m
+        for m in dict.fromkeys(
+            k.note
+            for k in checks
+            if k.reference in ("autodiff", "library_rev", "library_fwd") and k.note
+        )
+        if m
+    ]  # noqa: E501
     if not passed:
         msgs.insert(0, "mismatch vs " + ", ".join(_legacy(f) for f in dict.fromkeys(failed)))
     elif case.note:
@@ -835,14 +856,35 @@ def _transform_checks(d: Derivation, p: _Prepared) -> list[Check]:
     rtol, atol = TRANSFORM_TOL
     f = d.function
     try:
-        eager = [np.asarray(f(*[None if a is None else jnp.asarray(a) if not isinstance(a, (bool, np.bool_)) else a for a in p.args[i]])) for i in idx]  # noqa: E501
+        eager = [
+            np.asarray(
+                f(
+                    *[
+                        None
+                        if a is None
+                        else jnp.asarray(a)
+                        if not isinstance(a, (bool, np.bool_))
+                        else a
+                        for a in p.args[i]
+                    ]
+                )
+            )
+            for i in idx
+        ]  # noqa: E501
         jitted = jax.jit(f)
         jit_vals = [np.asarray(jitted(*p.args[i])) for i in idx]
-        cm = _worst([_compare(a, b, rtol, atol, skip_nan=False) for a, b in zip(jit_vals, eager, strict=True)])  # noqa: E501
+        cm = _worst(
+            [
+                _compare(a, b, rtol, atol, skip_nan=False)
+                for a, b in zip(jit_vals, eager, strict=True)
+            ]
+        )  # noqa: E501
         out.append(Check("jit", "value", cm.rel_err, cm.abs_err, rtol, cm.ok, note=cm.message))
         stacked = _stack([p.args[i] for i in idx])
         vm = np.asarray(jax.vmap(f, in_axes=tuple(_in_axes(stacked)))(*stacked))
-        cm = _worst([_compare(vm[j], eager[j], rtol, atol, skip_nan=False) for j in range(len(idx))])
+        cm = _worst(
+            [_compare(vm[j], eager[j], rtol, atol, skip_nan=False) for j in range(len(idx))]
+        )
         out.append(Check("vmap", "value", cm.rel_err, cm.abs_err, rtol, cm.ok, note=cm.message))
     except Exception as e:  # noqa: BLE001
         out.append(Check("jit", "value", None, None, rtol, False, note=f"{type(e).__name__}: {e}"))
@@ -884,9 +926,16 @@ def _low_precision(d: Derivation, p: _Prepared) -> tuple[list[LowPrecision], lis
                     grads = jax.jacrev(d.function, argnums=d.argnums)(*low)
                     grads = [np.asarray(g.astype(jnp.float32), np.float64) for g in grads]
                     warned |= {str(w.message).split(".")[0] for w in caught}
-                    back = [np.asarray(a.astype(jnp.float32), np.float64) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else (np.asarray(a, np.int64) if hasattr(a, "dtype") else a) for a in low]  # noqa: E501
+                    back = [
+                        np.asarray(a.astype(jnp.float32), np.float64)
+                        if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+                        else (np.asarray(a, np.int64) if hasattr(a, "dtype") else a)
+                        for a in low
+                    ]  # noqa: E501
                 with jax.enable_x64(True):
-                    ref = d.closed_form(*[a if not isinstance(a, np.ndarray) else jnp.asarray(a) for a in back])
+                    ref = d.closed_form(
+                        *[a if not isinstance(a, np.ndarray) else jnp.asarray(a) for a in back]
+                    )
                     ref = [np.asarray(r, np.float64) for r in ref]
                 for k, (g, r) in enumerate(zip(grads, ref, strict=True)):
                     r = np.asarray(r, np.float64)
@@ -904,7 +953,9 @@ def _low_precision(d: Derivation, p: _Prepared) -> tuple[list[LowPrecision], lis
             name = p.names[a] if a < len(p.names) else f"arg{a}"
             budget = budgets.get(dt_name)
             passed = None if budget is None else bool(worst[k] <= budget)
-            out.append(LowPrecision(dt_name, name, None if err else worst[k], budget, passed, out_dtype))
+            out.append(
+                LowPrecision(dt_name, name, None if err else worst[k], budget, passed, out_dtype)
+            )
         checks.append(Check("dtype", dt_name, None, None, 0.0, dtype_ok and not err,
                             note=err or "; ".join(
                                 ([f"output {out_dtype} for {dt_name} inputs"] if not dtype_ok else [])

@@ -144,7 +144,10 @@ def _select(args: argparse.Namespace) -> tuple[list[derivations.Derivation], str
     if args.only:
         selected = derivations.select(args.only)
         if not selected:
-            return [], f"no derivation matches {args.only}; registered: {', '.join(derivations.REGISTRY)}"
+            return (
+                [],
+                f"no derivation matches {args.only}; registered: {', '.join(derivations.REGISTRY)}",
+            )
         return selected, None
     if args.module:
         return [derivations.REGISTRY[n] for n in dict.fromkeys(user)], None
@@ -192,8 +195,11 @@ def run(args: argparse.Namespace) -> int:
         "num_derivations": len(results),
         "failed": failed,
         "seconds": round(elapsed, 2),
-        "settings": {"num_random": args.num_random, "seed": args.seed,
-                     "fd_step": kw.get("fd_step", 1e-6)},  # fmt: skip
+        "settings": {
+            "num_random": args.num_random,
+            "seed": args.seed,
+            "fd_step": kw.get("fd_step", 1e-6),
+        },  # fmt: skip
         "results": [r.to_dict() for r in results],
     }
     if args.json == "-":
@@ -288,8 +294,14 @@ def table(results: Sequence[VerifyResult], verbose: bool = False) -> str:
                             f" (tol {k.tolerance:g}) {k.note}".rstrip()
                         )
                         if verbose and k.table:
-                            out.append("            h:         " + " ".join(f"{h:8.1e}" for h, _ in k.table))
-                            out.append("            remainder: " + " ".join(f"{x:8.1e}" for _, x in k.table))
+                            out.append(
+                                "            h:         "
+                                + " ".join(f"{h:8.1e}" for h, _ in k.table)
+                            )
+                            out.append(
+                                "            remainder: "
+                                + " ".join(f"{x:8.1e}" for _, x in k.table)
+                            )
             for k in r.checks:
                 if verbose or not k.passed:
                     out.append(f"    [{'ok' if k.passed else 'FAIL'}] {k.reference} {k.argument}"
@@ -311,7 +323,8 @@ def markdown(results: Sequence[VerifyResult], seconds: float | None = None) -> s
         "# Gradient verification report",
         "",
         f"{n_pass}/{len(results)} derivations passed (float64"
-        + (f", {seconds:.1f} s" if seconds is not None else "") + ").",
+        + (f", {seconds:.1f} s" if seconds is not None else "")
+        + ").",
         "",
         "Relative errors are max |claim - reference| / max |reference| over inputs and"
         " arguments; *vs autodiff* is in ULPs of float64; *Taylor slope* is the smallest"
@@ -345,7 +358,9 @@ def markdown(results: Sequence[VerifyResult], seconds: float | None = None) -> s
         for (arg, ref), k in worst.items():
             err = _slope(k.error) if ref == "taylor" else _fmt(k.error)
             tol = f">= {k.tolerance}" if ref == "taylor" else f"{k.tolerance:g}"
-            lines.append(f"| `{r.name}` | `{arg}` | {ref} | {err} | {tol} | {'yes' if k.passed else '**no**'} |")
+            lines.append(
+                f"| `{r.name}` | `{arg}` | {ref} | {err} | {tol} | {'yes' if k.passed else '**no**'} |"
+            )
     for r in results:
         fails = r.failures()
         if fails:
@@ -373,29 +388,35 @@ def _run_mutate(args: argparse.Namespace, selected: list[derivations.Derivation]
     for d in _progress(selected, not args.no_progress, "mutate"):
         results.append(_mutate.mutate(d, num_random=args.num_random, seed=args.seed))
         if args.check_grads_baseline:
-            baseline[d.name] = _mutate.check_grads_baseline(d, num_random=args.num_random, seed=args.seed)
+            baseline[d.name] = _mutate.check_grads_baseline(
+                d, num_random=args.num_random, seed=args.seed
+            )
     elapsed = time.perf_counter() - start
-    total = sum(len(r.mutants) for r in results if r.baseline_passed)
-    caught = sum(sum(r.caught) for r in results if r.baseline_passed)
+    total = sum(len(r.counted) for r in results if r.baseline_passed)
+    caught = sum(sum(r.counted) for r in results if r.baseline_passed)
+    n_equiv = sum(sum(r.equivalent) for r in results if r.baseline_passed)
     broken = [r.name for r in results if not r.baseline_passed]
     by_kind: dict[str, list[int]] = {}
     for r in results:
         if r.baseline_passed:
-            for m, c in zip(r.mutants, r.caught, strict=True):
+            for m, c, e in zip(r.mutants, r.caught, r.equivalent, strict=True):
+                if e:
+                    continue
                 by_kind.setdefault(m.kind, [0, 0])
                 by_kind[m.kind][0] += int(c)
                 by_kind[m.kind][1] += 1
-    lines = [f"{'name':<50} mutants  caught" + ("  check_grads" if baseline else "")]
+    lines = [f"{'name':<50} mutants  equivalent  caught" + ("  check_grads" if baseline else "")]
     for r in results:
         extra = f"  {sum(baseline[r.name]):>11}" if baseline else ""
-        status = f"{sum(r.caught):>6}" if r.baseline_passed else "  (derivation fails unmutated)"
+        status = (f"{sum(r.equivalent):>10}  {sum(r.counted):>6}" if r.baseline_passed
+                  else "  (derivation fails unmutated)")  # fmt: skip
         lines.append(f"{r.name:<50} {len(r.mutants):>7}  {status}{extra}")
         for m in r.survivors if r.baseline_passed else ():
             lines.append(f"    SURVIVED {m.description}")
     share = 100.0 * caught / total if total else 100.0
     kinds = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in by_kind.items())
     lines.append(f"\nmutation score: {caught}/{total} mutants caught ({share:.1f} %; {kinds};"
-                 f" {elapsed:.1f} s).")  # fmt: skip
+                 f" {n_equiv} equivalent mutants left out; {elapsed:.1f} s).")  # fmt: skip
     if baseline:
         cg = sum(sum(v) for n, v in baseline.items())
         cg_total = sum(len(v) for v in baseline.values())
@@ -413,7 +434,7 @@ def _run_mutate(args: argparse.Namespace, selected: list[derivations.Derivation]
             "results": [
                 {"name": r.name, "baseline_passed": r.baseline_passed,
                  "mutants": [{"kind": m.kind, "description": m.description, "caught": c,
-                              "caught_by": list(b),
+                              "caught_by": list(b), "equivalent": r.equivalent[i] if r.equivalent else False,
                               **({"check_grads": baseline[r.name][i]} if baseline else {})}
                              for i, (m, c, b) in enumerate(zip(r.mutants, r.caught, r.caught_by, strict=True))]}
                 for r in results

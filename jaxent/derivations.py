@@ -24,6 +24,12 @@ Each entry describes one example (one row of classes, or a few elements for
 elementwise functions, summed so that the derivative is a gradient); batching
 adds nothing to a derivation.
 
+Your own derivations: decorate a closed form with :func:`derivation` (or call
+:func:`register` with a :class:`Derivation`) in your own file and run
+``python -m jaxent verify --module FILE.py``. Optional fields add checks: a
+sympy expression (``symbolic``), a low-precision budget
+(``low_precision_ulps``); ``second_order=False`` opts out of the Hessian checks.
+
 Conventions at edge points are stated in each entry's ``convention``; where the
 plain definition's autodiff cannot express a convention (a divergence that is
 ``+inf``), the edge case names the arguments it is compared in

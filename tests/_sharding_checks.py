@@ -5,8 +5,10 @@ jax is imported, so these checks live in their own process: ``python
 tests/_sharding_checks.py`` runs every check and prints one JSON object
 ``{check name: "ok" | error text}`` as its last line.
 
-References are always unsharded computations on one device: the same jaxent
-function (batch sharding) or the materialised
+Batch sharding is checked on a mesh of Auto axes and on one of Explicit axes
+(``jax.make_mesh``'s default), under strict dtype and rank promotion.
+References are unsharded computations on one device: the same jaxent
+function (batch sharding), a float64 numpy formula (edge rows) or the materialised
 ``softmax_cross_entropy_with_integer_labels`` / ``linear_cross_entropy``
 (vocabulary sharding).
 """
@@ -32,6 +34,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")  # the suite's configuration
 
 import jaxent  # noqa: E402
 

@@ -415,14 +415,44 @@ def test_kl_and_js_of_nearly_equal_distributions(x64, delta):
         assert_close(jaxent.kl_divergence(pj, qj), kl, sc, dt, 6, f"kl delta={delta}")
         js, sc = ref_js(pn, qn)
         assert_close(jaxent.js_divergence(pj, qj), js, sc, dt, 6, f"js delta={delta}")
-        zp, zq = jnp.log(pj), jnp.log(qj)
-        lp, lq = ref_log_softmax(np.asarray(zp)), ref_log_softmax(np.asarray(zq))
-        pl = np.exp(lp[0])
-        t = pl * (lp[0] - lq[0])
-        # lse_p - lse_q = log1p(E_q[expm1(z_p - z_q)]) keeps the relative accuracy
-        sc = np.sum(np.abs(t), -1)
-        got = jaxent.kl_divergence_from_logits(zp, zq)
-        assert_close(got, np.sum(t, -1), sc, dt, 6, f"kl_from_logits delta={delta}")
+
+
+@X64
+@pytest.mark.parametrize("name", ["kl_divergence_from_logits", "js_divergence_from_logits"])
+@pytest.mark.parametrize("delta", [1e-2, 1e-4, 1e-6, 1e-9])
+def test_divergences_from_logits_of_nearly_equal_distributions(request, x64, name, delta):
+    """The same from logits: log_softmax(z_p) - log_softmax(z_q) must not cancel away.
+
+    lse(z_p) - lse(z_q) = log1p(E_q[expm1(z_p - z_q)]) keeps the relative accuracy,
+    so the bound's scale is that of the probabilities' formula.
+    """
+    if name == "kl_divergence_from_logits" and not (x64 and delta == 1e-2):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="issue 9 defect 3, open in jaxent/_divergences.py: KL from logits"
+                " loses relative accuracy at p ~ q (float64 delta=1e-9 gives -7e-17 for"
+                " 9.7e-20; float32 delta=1e-6 gives 7e-8 for 7.7e-14)",
+            )
+        )
+    dt = _dtype(x64)
+    if not x64 and delta < 1e-6:
+        pytest.skip("below float32 resolution")
+    rng = np.random.default_rng(20710)
+    p = rng.dirichlet(np.ones(6), size=8)
+    q = p * (1 + delta * rng.uniform(-1, 1, size=p.shape))
+    with jax.enable_x64(x64):
+        zp, zpn = _cast(np.log(p), dt)
+        zq, zqn = _cast(np.log(q), dt)
+        lp, lq = ref_log_softmax(zpn)[0], ref_log_softmax(zqn)[0]
+        pl, ql = np.exp(lp), np.exp(lq)
+        if name == "kl_divergence_from_logits":
+            t = pl * (lp - lq)
+            want, sc = np.sum(t, -1), np.sum(np.abs(t), -1)
+        else:
+            want, sc = ref_js(pl, ql)
+        got = getattr(jaxent, name)(zp, zq)
+        assert_close(got, want, sc, dt, 6, f"{name} delta={delta}")
 
 
 # --------------------------------------------------------------------------- losses
@@ -632,3 +662,35 @@ def test_entropy_from_logits_gradient_any_shift(x64, c):
         got = jax.grad(lambda z: jaxent.entropy_from_logits(z))(jnp.asarray(zn))
         d = np.abs(zn.astype(LD) - np.max(zn)) + 1
         assert_close(got, want, np.abs(want) + p * d, dt, 3, f"grad entropy c={c}")
+
+
+# --------------------------------------------------------------------------- where broadcasting
+
+
+@X64
+def test_where_broadcasts_as_jax_nn_softmax(x64):
+    """A mask with the input's rank broadcasts like ``jax.nn.softmax``'s ``where``
+    (a ``[1, 1, T, T]`` causal mask on ``[B, H, T, T]`` scores); one rank less is
+    a row mask."""
+    dt = _dtype(x64)
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(x64):
+        z = jnp.asarray(rng.normal(size=(2, 3, 5, 5)).astype(dt))
+        causal = jnp.asarray(np.tril(np.ones((5, 5), bool))[None, None])
+        want = jax.nn.softmax(z, where=causal)
+        got = jaxent.softmax(z, where=causal)
+        np.testing.assert_allclose(got, want, rtol=rtol(dt, 5), atol=tiny(dt))
+        want = jax.nn.log_softmax(z, where=causal)
+        got = jaxent.log_softmax(z, where=causal)
+        ok = np.broadcast_to(np.asarray(causal), z.shape)
+        np.testing.assert_allclose(np.asarray(got)[ok], np.asarray(want)[ok], rtol=rtol(dt, 5))
+        lse = jaxent.logsumexp(z, where=causal)
+        ref = jax.scipy.special.logsumexp(jnp.where(causal, z, -jnp.inf), axis=-1)
+        np.testing.assert_allclose(lse, ref, rtol=rtol(dt, 5))
+        # one rank less: rows; False removes the row (0 for entropy and losses)
+        rows = jnp.asarray(rng.random((2, 1, 5)) < 0.5)
+        h = jaxent.entropy_from_logits(z, where=rows)
+        h_all = jaxent.entropy_from_logits(z)
+        np.testing.assert_array_equal(
+            np.asarray(h), np.where(np.broadcast_to(rows, h.shape), np.asarray(h_all), 0)
+        )

@@ -139,8 +139,9 @@ LABELS = np.array([0, 1, 2])
             ValueError,
             "Unknown `estimator`='k4'",
         ),
-        (lambda: jaxent.js_divergence(P, P, beta=1.0), ValueError, "`beta` must be in"),
-        (lambda: jaxent.js_divergence_from_logits(Z, Z, beta=0.0), ValueError, "`beta`"),
+        (lambda: jaxent.js_divergence(P, P, beta=1.5), ValueError, "`beta` must be in"),
+        (lambda: jaxent.js_divergence_from_logits(Z, Z, beta=-0.1), ValueError, "`beta`"),
+        (lambda: jaxent.js_divergence(P, P, beta=True), TypeError, "`beta`"),
         (
             lambda: jaxent.softmax_cross_entropy_with_integer_labels(
                 Z, LABELS, class_weights=np.ones(3)

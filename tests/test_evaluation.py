@@ -179,6 +179,7 @@ def test_ensemble_masks_and_infinities():
 def test_jit_and_vmap():
     z = jnp.asarray(_members(7), jnp.float32)
     y = jnp.asarray(np.random.default_rng(7).integers(0, 5, 6))
+
     def all3(x):
         return tuple(f(x) for f in ENSEMBLE)
 

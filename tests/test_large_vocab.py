@@ -106,6 +106,7 @@ def _smoothed_ref(h, w, b, y, eps, z_loss=0.0):
     return lse - (1 - eps) * zy - eps * z.mean(-1) + z_loss * lse**2
 
 
+@pytest.mark.x64  # float64 numpy reference at 1e-12
 @pytest.mark.parametrize("block_size", [None, 30])
 def test_label_smoothing(block_size):
     """Uniform convention: lse - (1-eps) z_y - eps mean_j z_j (float64 numpy reference)."""
@@ -135,6 +136,7 @@ def test_label_smoothing(block_size):
         _rel_close(g, e, 1e-12)
 
 
+@pytest.mark.x64
 def test_float64_check_grads():
     """Reverse-mode gradients agree with finite differences in float64."""
     h, w, b, y, _ = _problem(3, np.float64, n=5, d=4, v=11)

@@ -87,11 +87,22 @@ def _public():
 PUBLIC = _public()
 
 
-def _call(name, **override):
+def _call(name, _dtype=None, **override):
+    """Calls ``jaxent.<name>`` on inputs built from its argument names.
+
+    ``_dtype`` casts every floating input to that dtype (``tests/test_dtype_matrix.py``).
+    """
     fn = getattr(jaxent, name)
     rng = np.random.default_rng(12)
     pool = _inputs(rng)
     pool["labels"] = _labels_for(fn, rng)
+    if _dtype is not None:
+        pool = {
+            k: jnp.asarray(v).astype(_dtype)
+            if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
+            else v
+            for k, v in pool.items()
+        }
     args = {}
     for pname, par in inspect.signature(fn).parameters.items():
         if pname in override:
@@ -164,7 +175,15 @@ def _mask_shape(name):
 
 
 @pytest.mark.parametrize("name", _having("where"))
-def test_non_boolean_where_is_a_type_error_everywhere(name):
+def test_non_boolean_where_is_a_type_error_everywhere(request, name):
+    if name == "weighted_mean":  # remove when fixed (strict: an XPASS fails)
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="issue 9 defect 12, open in jaxent/_losses.py: weighted_mean accepts"
+                " a float `where` (it does not call _checks.check_mask/check_bool_mask)",
+            )
+        )
     shape = _mask_shape(name)
     # a float mask (a weight?) and an integer mask (class indices?) are both rejected
     for bad in (np.ones(shape, np.float32), np.ones(shape, np.int32)):

@@ -109,7 +109,9 @@ def test_taylor_slope_is_two_for_a_right_gradient_and_about_one_for_a_wrong_one(
 
 
 def test_taylor_reports_a_linear_function_as_exact():
-    r = jaxent.verify(lambda x: jnp.sum(3.0 * x), lambda x: jnp.full_like(x, 3.0), inputs=[(np.ones(3),)])
+    r = jaxent.verify(
+        lambda x: jnp.sum(3.0 * x), lambda x: jnp.full_like(x, 3.0), inputs=[(np.ones(3),)]
+    )
     (t,) = _checks(r, "taylor")
     assert t.passed and t.error is None and "rounding" in t.note
 
@@ -209,7 +211,7 @@ EXPECTED = [n for n in D.REGISTRY if n.startswith("kl_estimate[") and n.endswith
 
 def test_kl_estimator_expectations_are_registered():
     assert {"k1 as a loss", "k1 in the reward", "k2 as a loss", "k3 as a loss"} <= {
-        n[len("kl_estimate["):].split(",")[0] for n in EXPECTED
+        n[len("kl_estimate[") :].split(",")[0] for n in EXPECTED
     }
 
 
@@ -344,7 +346,10 @@ def test_cli_exit_codes_wrong_module_and_bad_usage(tmp_path):
     proc = _cli("verify", "--module", str(f), "--num-random", "1")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "tce_grad" in proc.stdout and "FAILED: tce_grad" in proc.stdout
-    assert "FAIL" in proc.stdout and "wrong_tce.tce" in _cli("verify", "--module", str(f), "-v", "--num-random", "1").stdout  # noqa: E501
+    assert (
+        "FAIL" in proc.stdout
+        and "wrong_tce.tce" in _cli("verify", "--module", str(f), "-v", "--num-random", "1").stdout
+    )  # noqa: E501
     for bad in (["verify", "--num-random", "-1"], ["verify", "--bogus"], ["nothing"],
                 ["verify", "--module", str(tmp_path / "missing.py")],
                 ["verify", "--only", "no_such_derivation"]):  # fmt: skip
