@@ -203,22 +203,33 @@ def _kl_logits(a: Array, b: Array, mask: Array | None, axis: int) -> Array:
 def _kl_logits_jvp(axis, primals, tangents):
     a, b, mask = primals
     da, db, _ = tangents
-    e_a, s_a, s_b, w, d_ab, sh_b = _kl_logit_stats(a, b, mask, axis)
-    d = _kl_logit_value(s_a, s_b, w)
-    out = jnp.squeeze(d, axis)
-    p = e_a / jnp.where(s_a == 0, 1, s_a)
+    # The value through the custom rule itself, so that higher derivatives
+    # (Hessians) recurse through it rather than through the +inf guard.
+    out = _kl_logits(a, b, mask, axis)
+    d = jnp.expand_dims(out, axis)
+    am, bm = _masked(a, mask), _masked(b, mask)
+    m_a, m_b = _row_max(am, axis), _row_max(bm, axis)
+    sh_a, sh_b = am - m_a, bm - m_b
+    e_a = jnp.exp(sh_a)
+    s_a = jnp.sum(e_a, axis=axis, keepdims=True)
+    safe_a = jnp.where(s_a == 0, 1, s_a)
+    p = e_a / safe_a
     dout = None
     if not _checks.is_symbolic_zero(da):
         # dD/da = p * (log p - log q - D); a row with D = +inf is locally
         # constant (+inf) and gets gradient 0.
+        s_b = jnp.sum(jnp.exp(sh_b), axis=axis, keepdims=True)
+        low = jnp.finfo(a.dtype).min
+        d_ab = jnp.maximum(sh_a, low) - jnp.maximum(sh_b, low)
+        log_ratio = jnp.log(jnp.where(s_b == 0, 1, s_b)) - jnp.log(safe_a)
         finite = jnp.isfinite(d)
-        log_ratio = jnp.log(jnp.where(s_b == 0, 1, s_b)) - jnp.log(jnp.where(s_a == 0, 1, s_a))
-        g = p * (d_ab + log_ratio - jnp.where(finite, d, 0))
-        g = jnp.where(finite, g, 0)
+        g = jnp.where(finite, p * (d_ab + log_ratio - jnp.where(finite, d, 0)), 0)
         dout = jnp.sum(g * clean_tangent(da, mask), axis=axis)
     if not _checks.is_symbolic_zero(db):
         # dD/db = (sum p) softmax(b) - p  (= q - p on a non-empty row)
-        q = jnp.exp(sh_b) / jnp.where(s_b == 0, 1, s_b)
+        e_b = jnp.exp(sh_b)
+        s_b = jnp.sum(e_b, axis=axis, keepdims=True)
+        q = e_b / jnp.where(s_b == 0, 1, s_b)
         sp = jnp.where(s_a == 0, 0, 1).astype(q.dtype)
         t = jnp.sum((sp * q - p) * clean_tangent(db, mask), axis=axis)
         dout = t if dout is None else dout + t

