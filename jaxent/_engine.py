@@ -489,12 +489,11 @@ def _dense_fast(x, tgt, mask, axis, exclude_true):
         u = u if tgt.scale is None else tgt.scale * u
         v = u if v is None else v + u
     if v is not None:
-        # (log s + m) - z, not log s - (z - m), with a label term beside it:
-        # z - m shared by two sums splits the fused chain (4096 x 32768 f32:
-        # 0.80 s against 0.19 s; the per-entry rounding is relative to |z|).
-        # Without a label term the plain form fuses best (soft labels: 1.28x
-        # optax with the other form, measured the same way).
-        nll = (log_s + m0) - z if t is not None else log_s - (z - m0)
+        # log s - (z - m), never (log s + m) - z: the second form was faster
+        # beside a label term (z - m shared by two sums splits XLA:CPU's fused
+        # chain) but rounds relative to |z|, which broke shift invariance
+        # (tests/test_differential.py: logits of 1e4 in float32, error 4e-5).
+        nll = log_s - (z - m0)
         if (
             v.ndim == 0 or v.shape[axis] == 1
         ):  # a row coefficient: outside the sum (keeps one fused chain)

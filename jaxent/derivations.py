@@ -127,6 +127,10 @@ class Derivation:
     symbolic: Callable[[Any], tuple[Any, tuple[Any, ...]]] | None = None
     low_precision_ulps: dict[str, float] | None = None
     function_name: str = ""
+    #: ``function`` is a stochastic surrogate (e.g. an estimator's expectation by
+    #: enumeration) whose *gradient* is the claim, not its value: pointwise checks of
+    #: value and higher derivatives against ``plain`` do not apply.
+    surrogate: bool = False
 
 
 REGISTRY: dict[str, Derivation] = {}
@@ -811,6 +815,7 @@ for _est, _where, _formula, _tex, _cf_fn, _plain_fn in _KL_EXPECTED:
                 " grad log pi (k detached)." if _where == "reward" else "k as a loss.")
             ),
             second_order=False,  # a surrogate's Hessian is not the objective's
+            surrogate=True,
         )
     )
 
@@ -1779,5 +1784,121 @@ register(
         sample=lambda rng: (_logits(rng), _logits(rng)),
         convention="the softmax Jacobian applied to the closed form in probabilities.",
         second_order=False,
+    )
+)
+
+# =========================================================================== evaluation
+
+_M = 3  # ensemble members in the samples below
+
+
+def _members(rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0.0, 2.0, size=(_M, K))
+
+
+def _plain_member_probs(zs: Array) -> Array:
+    return jax.vmap(_plain_softmax)(zs)
+
+
+def _brier_plain(z: Array, y: Array) -> Array:
+    return jnp.sum((_plain_softmax(z) - jax.nn.one_hot(y, K, dtype=z.dtype)) ** 2)
+
+
+def _brier_cf(z: Array, y: Array) -> Array:
+    p = jaxent.softmax(z)
+    e = jax.nn.one_hot(y, K, dtype=z.dtype)
+    return 2 * p * ((p - e) - (jnp.sum(p * p) - jnp.sum(p * e)))
+
+
+register(
+    Derivation(
+        name="brier_score",
+        formula="dB/dz = 2 p * ((p - e_y) - (sum p^2 - p_y))",
+        latex=r"\nabla_z \sum_c (p_c - e_{y,c})^2 = 2 p \odot \big((p - e_y) - (\|p\|^2 - p_y)\big)",
+        function=lambda z, y: jaxent.brier_score(z, y),
+        closed_form=_cf(_brier_cf),
+        plain=_brier_plain,
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), np.asarray(rng.integers(0, K), np.int32)),
+        convention="integer label y; p = softmax(z).",
+    )
+)
+
+
+def _ensemble_plain(zs: Array) -> Array:
+    return jnp.log(jnp.mean(_plain_member_probs(zs), axis=0))
+
+
+def _ensemble_cf(zs: Array) -> Array:
+    p = jaxent.softmax(zs)  # [M, K]
+    w = p / jnp.sum(p, axis=0, keepdims=True)  # member m's share of class i
+    eye = jnp.eye(K, dtype=zs.dtype)
+    # d log pbar_i / d z_mj = w_mi (delta_ij - p_mj): shape [K(i), M, K(j)]
+    return jnp.einsum("mi,mij->imj", w, eye[None, :, :] - p[:, None, :])
+
+
+register(
+    Derivation(
+        name="ensemble_log_softmax",
+        formula="d log pbar_i / d z_mj = w_mi (delta_ij - p_mj), w_mi = p_mi / sum_m' p_m'i",
+        latex=r"\frac{\partial \log\bar p_i}{\partial z_{mj}} = \frac{p_{mi}}{\sum_{m'} p_{m'i}}(\delta_{ij} - p_{mj})",
+        function=lambda zs: jaxent.ensemble_log_softmax(zs),
+        closed_form=_cf(_ensemble_cf),
+        plain=_ensemble_plain,
+        argnums=(0,),
+        sample=lambda rng: (_members(rng),),
+        convention="members on axis 0; pbar = mean_m softmax(z_m).",
+    )
+)
+
+
+def _predictive_entropy_plain(zs: Array) -> Array:
+    return _plain_entropy(jnp.mean(_plain_member_probs(zs), axis=0))
+
+
+def _predictive_entropy_cf(zs: Array) -> Array:
+    p = jaxent.softmax(zs)
+    lbar = jnp.log(jnp.mean(p, axis=0))
+    return -p * (lbar[None, :] - jnp.sum(p * lbar[None, :], axis=1, keepdims=True)) / _M
+
+
+register(
+    Derivation(
+        name="predictive_entropy",
+        formula="dH(pbar)/dz_mj = -(1/M) p_mj (log pbar_j - sum_i p_mi log pbar_i)",
+        latex=r"\frac{\partial H(\bar p)}{\partial z_{mj}} = -\tfrac{1}{M} p_{mj}\big(\log\bar p_j - \textstyle\sum_i p_{mi}\log\bar p_i\big)",
+        function=lambda zs: jaxent.predictive_entropy(zs),
+        closed_form=_cf(_predictive_entropy_cf),
+        plain=_predictive_entropy_plain,
+        argnums=(0,),
+        sample=lambda rng: (_members(rng),),
+        convention="members on axis 0; nats.",
+    )
+)
+
+
+def _mutual_information_plain(zs: Array) -> Array:
+    ps = _plain_member_probs(zs)
+    return _plain_entropy(jnp.mean(ps, axis=0)) - jnp.mean(jax.vmap(_plain_entropy)(ps))
+
+
+def _mutual_information_cf(zs: Array) -> Array:
+    p = jaxent.softmax(zs)
+    lp = jaxent.log_softmax(zs)
+    h = -jnp.sum(p * lp, axis=1, keepdims=True)
+    return _predictive_entropy_cf(zs) + p * (lp + h) / _M
+
+
+register(
+    Derivation(
+        name="mutual_information",
+        formula="dI/dz_mj = dH(pbar)/dz_mj + (1/M) p_mj (log p_mj + H(p_m))",
+        latex=r"\frac{\partial I}{\partial z_{mj}} = \frac{\partial H(\bar p)}{\partial z_{mj}} + \tfrac{1}{M} p_{mj}\big(\log p_{mj} + H(p_m)\big)",
+        function=lambda zs: jaxent.mutual_information(zs),
+        closed_form=_cf(_mutual_information_cf),
+        plain=_mutual_information_plain,
+        argnums=(0,),
+        sample=lambda rng: (_members(rng),),
+        convention="BALD: H(mean_m p_m) - mean_m H(p_m), members on axis 0; nats.",
     )
 )

@@ -25,8 +25,11 @@ from jax.ad_checkpoint import print_saved_residuals
 import jaxent
 from jaxent import derivations as D
 
-ENTRIES = list(D.REGISTRY.values())
+# Pointwise rules only: a stochastic surrogate's claim is its expected gradient
+# (checked by `verify`), not its value or pointwise derivatives.
+ENTRIES = [d for d in D.REGISTRY.values() if not d.surrogate]
 FWD = [d for d in ENTRIES if d.forward_mode]
+SECOND = [d for d in FWD if d.second_order is not False]
 IDS = [d.name for d in ENTRIES]
 FWD_IDS = [d.name for d in FWD]
 
@@ -69,7 +72,7 @@ def test_jacfwd_jacrev_jvp_match_plain(d):
     _close((out, t), (out_ref, t_ref))
 
 
-@pytest.mark.parametrize("d", FWD, ids=FWD_IDS)
+@pytest.mark.parametrize("d", SECOND, ids=[d.name for d in SECOND])
 def test_hessian_matches_plain(d):
     args = _args(d, seed=2)
     a = d.argnums[0]
