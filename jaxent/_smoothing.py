@@ -584,7 +584,12 @@ def optimal_logit_gap(
         raise ValueError(
             f"`num_classes` must be >= 2 for a gap to another class, got {num_classes}."
         )
-    eps = jnp.asarray(epsilon).astype(jnp.result_type(float))
+    eps = jnp.asarray(epsilon)
+    # Returned in epsilon's floating dtype (bf16 in, bf16 out), computed in >= float32.
+    out_dt = eps.dtype if jnp.issubdtype(eps.dtype, jnp.floating) else jnp.result_type(float)
+    eps = eps.astype(_checks.compute_dtype(out_dt))
     if convention == "uniform":
-        return jnp.log1p(k * (1.0 - eps) / eps)
-    return jnp.log1p(-eps) + np.log(k - 1) - jnp.log(eps)
+        gap = jnp.log1p(k * (1.0 - eps) / eps)
+    else:
+        gap = jnp.log1p(-eps) + np.log(k - 1) - jnp.log(eps)
+    return gap.astype(out_dt)
