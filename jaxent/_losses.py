@@ -457,12 +457,7 @@ def weighted_mean(
             )
         w = jnp.broadcast_to(w.astype(cdt), lo.shape)
     if where is not None:
-        keep = jnp.asarray(where)
-        if _checks.check_broadcastable(lo, keep, "losses", "where") != lo.shape:
-            raise ValueError(
-                f"`where` with shape {keep.shape} must broadcast to `losses` {lo.shape}."
-            )
-        keep = jnp.broadcast_to(keep.astype(bool), lo.shape)
+        keep = _checks.check_mask(where, lo.shape)  # boolean, broadcast to `losses`
         w = jnp.where(keep, w, 0)
         lo = jnp.where(keep, lo, 0)
     num = lo if losses_are_weighted else jnp.where(w != 0, w * lo, 0)

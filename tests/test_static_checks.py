@@ -176,14 +176,6 @@ def _mask_shape(name):
 
 @pytest.mark.parametrize("name", _having("where"))
 def test_non_boolean_where_is_a_type_error_everywhere(request, name):
-    if name == "weighted_mean":  # remove when fixed (strict: an XPASS fails)
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 9 defect 12, open in jaxent/_losses.py: weighted_mean accepts"
-                " a float `where` (it does not call _checks.check_mask/check_bool_mask)",
-            )
-        )
     shape = _mask_shape(name)
     # a float mask (a weight?) and an integer mask (class indices?) are both rejected
     for bad in (np.ones(shape, np.float32), np.ones(shape, np.int32)):
