@@ -152,3 +152,139 @@ register(
         metrics=_curve_metrics,
     )
 )
+
+
+# --------------------------------------------------------------------------- issue 13
+# Log-prob/entropy, KL and JS from hidden states against the materialised
+# logits (h @ W, then the dense jaxent functions), forward+backward.
+
+DIST = (2048, 512, 32768)
+DIST_MEMORY = [(4096, 1024, 32768), (4096, 1024, 128256)]
+
+
+def _dist_fns(kind: str, block_size: int | None = None):
+    def mat(h, w):
+        return jnp.dot(h, w, preferred_element_type=jnp.float32)
+
+    if kind == "lpent":
+
+        def lin(h, w, h2, w2, y):
+            lp, ent = jaxent.linear_log_prob_and_entropy(h, w, y, block_size=block_size)
+            return jnp.sum(lp) + jnp.sum(ent)
+
+        def ref(h, w, h2, w2, y):
+            z = mat(h, w)
+            return jnp.sum(jaxent.log_prob_from_logits(z, y)) + jnp.sum(
+                jaxent.entropy_from_logits(z)
+            )
+
+        argnums = (0, 1)
+    elif kind == "kl":
+
+        def lin(h, w, h2, w2, y):
+            return jnp.sum(jaxent.linear_kl_divergence(h, w, h2, w2, block_size=block_size))
+
+        def ref(h, w, h2, w2, y):
+            return jnp.sum(jaxent.kl_divergence_from_logits(mat(h, w), mat(h2, w2)))
+
+        argnums = (0, 1, 2, 3)
+    else:
+
+        def lin(h, w, h2, w2, y):
+            return jnp.sum(jaxent.linear_js_divergence(h, w, h2, w2, block_size=block_size))
+
+        def ref(h, w, h2, w2, y):
+            return jnp.sum(jaxent.js_divergence_from_logits(mat(h, w), mat(h2, w2)))
+
+        argnums = (0, 1, 2, 3)
+    return (
+        jax.jit(jax.value_and_grad(lin, argnums=argnums)),
+        jax.jit(jax.value_and_grad(ref, argnums=argnums)),
+    )
+
+
+def _dist_args(n, d, v, dtype=jnp.float32):
+    h, w, y = _problem(n, d, v, dtype)
+    h2, w2, _ = _problem(n, d, v, dtype, seed=1)
+    return h, w, h2, w2, y
+
+
+def _dist_impls(kind: str):
+    def build(quick: bool) -> dict[str, Impl]:
+        args = _dist_args(*(QUICK if quick else DIST))
+        lin, ref = _dist_fns(kind)
+        return {"jaxent": Impl(lin, args), "materialised": Impl(ref, args)}
+
+    return build
+
+
+def _dist_memory_metrics(result: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Compiled temp memory (MiB) of fwd+bwd, shapes only: linear vs materialised."""
+    sizes = [(64, 16, 1024), (64, 16, 4096)] if quick else DIST_MEMORY
+    out: dict[str, Any] = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        for n, d, v in sizes:
+            shapes = (
+                jax.ShapeDtypeStruct((n, d), dtype),
+                jax.ShapeDtypeStruct((d, v), dtype),
+                jax.ShapeDtypeStruct((n, d), dtype),
+                jax.ShapeDtypeStruct((d, v), dtype),
+                jax.ShapeDtypeStruct((n,), jnp.int32),
+            )
+            for kind in ("lpent", "kl", "js"):
+                lin, ref = _dist_fns(kind)
+                lin_mib = compiled_memory(lin, shapes)[1]["temp_bytes"] / MiB
+                ref_mib = compiled_memory(ref, shapes)[1]["temp_bytes"] / MiB
+                out[f"{kind} {jnp.dtype(dtype).name} {n}x{d}x{v}"] = {
+                    "linear_temp_MiB": round(lin_mib, 1),
+                    "materialised_temp_MiB": round(ref_mib, 1),
+                    "fraction": round(lin_mib / ref_mib, 4),
+                }
+    return out
+
+
+def _dist_sweep_impls(quick: bool) -> dict[str, Impl]:
+    n, d, v = QUICK if quick else SWEEP
+    args = _dist_args(n, d, v)
+    impls = {"jaxent": Impl(_dist_fns("kl")[0], args)}
+    for b in BLOCKS if not quick else [64, 256]:
+        if b != min(DEFAULT_BLOCK_SIZE, v):
+            impls[f"block_{b}"] = Impl(_dist_fns("kl", b)[0], args)
+    return impls
+
+
+n, d, v = DIST
+for _kind, _what in (
+    ("lpent", "linear_log_prob_and_entropy vs log_prob_from_logits + entropy_from_logits of h @ W"),
+    ("kl", "linear_kl_divergence vs kl_divergence_from_logits of both heads' h @ W"),
+    ("js", "linear_js_divergence vs js_divergence_from_logits of both heads' h @ W"),
+):
+    register(
+        Case(
+            f"linear_{_kind}/fwdbwd/{n}x{d}x{v}/float32",
+            _dist_impls(_kind),
+            description=f"{_what}, fwd+bwd (all inputs)",
+            pairs=9,
+            memory=True,
+            targets={"materialised": 1.3},
+        )
+    )
+register(
+    Case(
+        "linear_dist_memory/fwdbwd/4096x1024xV",
+        lambda quick: {},
+        description="compiled temp memory of the three linear functions vs materialised, f32 and bf16 (compile only)",
+        metrics=_dist_memory_metrics,
+    )
+)
+register(
+    Case(
+        f"linear_kl_block/fwdbwd/{SWEEP[0]}x{SWEEP[1]}x{SWEEP[2]}/float32",
+        _dist_sweep_impls,
+        description="linear_kl_divergence block-size sweep (opt-in: --only linear_kl_block)",
+        repeats=3,
+        default=False,
+        memory=True,
+        metrics=_sweep_metrics,
+    )
+)

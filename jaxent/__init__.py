@@ -48,6 +48,15 @@ from jaxent._large_vocab import (
     vocab_parallel_linear_cross_entropy as vocab_parallel_linear_cross_entropy,
 )
 
+# From hidden states and vocabulary shards: log-prob, entropy, KL, JS (issue 13)
+from jaxent._large_vocab import linear_js_divergence as linear_js_divergence
+from jaxent._large_vocab import linear_kl_divergence as linear_kl_divergence
+from jaxent._large_vocab import linear_log_prob_and_entropy as linear_log_prob_and_entropy
+from jaxent._large_vocab import vocab_parallel_kl_divergence as vocab_parallel_kl_divergence
+from jaxent._large_vocab import (
+    vocab_parallel_log_prob_and_entropy as vocab_parallel_log_prob_and_entropy,
+)
+
 # RL and distillation (issue 12)
 from jaxent._distillation import sparse_kl_divergence as sparse_kl_divergence
 from jaxent._rl import aggregate_loss as aggregate_loss

@@ -530,77 +530,90 @@ def _mix_log_ratio(d: Array, a: Array, normalized: bool) -> Array:
     neg = d <= 0
     dn = jnp.where(neg, d, 0)
     dp = jnp.where(neg, 0, d)
-    lo = jnp.log1p(a * jnp.expm1(dn))
-    hi = dp + jnp.log1p((1 - a) * jnp.expm1(-dp))
+    # log1p(x) of x = a expm1(d) near -1 (a ~ 1, d << 0: beta ~ 0 with p >> q)
+    # loses every digit; there the plain log of the positive sum is exact.
+    # At the endpoints the ratio is exact: d at a = 1, 0 at a = 0.
+    x_lo = a * jnp.expm1(dn)
+    lo = jnp.where(x_lo > -0.5, jnp.log1p(x_lo), jnp.log((1 - a) + a * jnp.exp(dn)))
+    lo = jnp.where(a == 1, dn, lo)
+    x_hi = (1 - a) * jnp.expm1(-dp)
+    hi = dp + jnp.where(x_hi > -0.5, jnp.log1p(x_hi), jnp.log(a + (1 - a) * jnp.exp(-dp)))
+    hi = jnp.where(a == 0, jnp.zeros((), hi.dtype), hi)
     f = jnp.where(neg, lo, hi)
     if not normalized:
         return f
     return jnp.where(a == 0, jnp.expm1(d), f / jnp.where(a == 0, 1, a))
 
 
-def _js_logit_parts(a, b, mask, beta, axis, normalized):
-    """``(p, q, lmp, lmq)``: probabilities and ``log(m/p)``, ``log(m/q)`` (scaled if
-    normalised), 0 off each support."""
-    a, b = _masked(a, mask), _masked(b, mask)
-    sh_a, sh_b = a - _row_max(a, axis), b - _row_max(b, axis)
-    s_a = jnp.sum(jnp.exp(sh_a), axis=axis, keepdims=True)
-    s_b = jnp.sum(jnp.exp(sh_b), axis=axis, keepdims=True)
-    ls_p = sh_a - jnp.log(jnp.where(s_a == 0, 1, s_a))
-    ls_q = sh_b - jnp.log(jnp.where(s_b == 0, 1, s_b))
+def js_terms(ls_p: Array, ls_q: Array, beta: Array, normalized: bool):
+    """Per-entry terms of the generalised JS from log-probabilities (dense rows or blocks).
+
+    Returns ``(p, q, t, g_p, g_q)``: ``JS = sum t`` and, with
+    ``g_p = dJS/dp`` and ``g_q = dJS/dq`` (``beta log(p/m)``,
+    ``(1 - beta) log(q/m)``; normalised: ``/ beta (1 - beta)``), the logit
+    gradients are ``p (g_p - <p, g_p>)`` and ``q (g_q - <q, g_q>)``. The ratios
+    ``log(m/p)``, ``log(m/q)`` come from :func:`_mix_log_ratio`; entries off a
+    support contribute their closed-form limits, 0 off both.
+    """
     p, q = jnp.exp(ls_p), jnp.exp(ls_q)
     act_p, act_q = p > 0, q > 0
     both = act_p & act_q
     d = jnp.where(both, ls_q - ls_p, 0)
     lmp = jnp.where(both, _mix_log_ratio(d, 1 - beta, normalized), 0)
     lmq = jnp.where(both, _mix_log_ratio(-d, beta, normalized), 0)
-    # 0 * (s_a + s_b) is 0 for every finite row and NaN where a kept logit is
-    # NaN (or +inf): the selects above must not turn a NaN row into a value.
-    nan_guard = jnp.squeeze(0 * (s_a + s_b), axis)
-    return p, q, lmp, lmq, act_p, act_q, both, nan_guard
-
-
-def _js_logit_value(p, q, lmp, lmq, act_p, act_q, both, nan_guard, beta, normalized, axis):
     one_m = 1 - beta
     if normalized:
         t = -p * lmp - q * lmq
         t_p = jnp.where(act_p, p, 0) * _phi(one_m)
         t_q = jnp.where(act_q, q, 0) * _phi(beta)
-    else:
-        t = -beta * p * lmp - one_m * q * lmq
-        t_p = -beta * jnp.where(act_p, p, 0) * jnp.log(jnp.where(beta == 0, 1, beta))
-        t_q = -one_m * jnp.where(act_q, q, 0) * jnp.log(jnp.where(one_m == 0, 1, one_m))
-    t = jnp.where(both, t, jnp.where(act_p, t_p, jnp.where(act_q, t_q, 0)))
-    # The sum of Jensen gaps is >= 0; rounding cannot make it negative.
-    return jnp.maximum(jnp.sum(t, axis=axis), 0) + nan_guard
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def _js_logits(a: Array, b: Array, mask: Array | None, beta: Array, axis: int, normalized: bool):
-    parts = _js_logit_parts(a, b, mask, beta, axis, normalized)
-    return _js_logit_value(*parts, beta, normalized, axis)
-
-
-def _js_logits_jvp(axis, normalized, primals, tangents):
-    a, b, mask, beta = primals
-    da, db, _, _ = tangents
-    p, q, lmp, lmq, act_p, act_q, both, guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
-    out = _js_logit_value(p, q, lmp, lmq, act_p, act_q, both, guard, beta, normalized, axis)
-    one_m = 1 - beta
-    # dJS/dp_i = beta log(p_i/m_i), dJS/dq_i = (1-beta) log(q_i/m_i) (normalised:
-    # / beta(1-beta)); only the active entries matter (the softmax Jacobian
-    # multiplies by p, resp. q).
-    if normalized:
         g_p, g_q = -lmp, -lmq
         only_p = -jnp.log(jnp.where(beta == 0, 1, beta)) / jnp.where(one_m == 0, 1, one_m)
         only_p = jnp.where(one_m == 0, 1, only_p)
         only_q = -jnp.log(jnp.where(one_m == 0, 1, one_m)) / jnp.where(beta == 0, 1, beta)
         only_q = jnp.where(beta == 0, 1, only_q)
     else:
+        t = -beta * p * lmp - one_m * q * lmq
+        t_p = -beta * jnp.where(act_p, p, 0) * jnp.log(jnp.where(beta == 0, 1, beta))
+        t_q = -one_m * jnp.where(act_q, q, 0) * jnp.log(jnp.where(one_m == 0, 1, one_m))
         g_p, g_q = -beta * lmp, -one_m * lmq
         only_p = -beta * jnp.log(jnp.where(beta == 0, 1, beta))
         only_q = -one_m * jnp.log(jnp.where(one_m == 0, 1, one_m))
+    t = jnp.where(both, t, jnp.where(act_p, t_p, jnp.where(act_q, t_q, 0)))
     g_p = jnp.where(both, g_p, jnp.where(act_p, only_p, 0))
     g_q = jnp.where(both, g_q, jnp.where(act_q, only_q, 0))
+    return p, q, t, g_p, g_q
+
+
+def _js_logit_parts(a, b, mask, beta, axis, normalized):
+    """``js_terms`` of dense rows, and a row term that is NaN where a kept logit is."""
+    a, b = _masked(a, mask), _masked(b, mask)
+    sh_a, sh_b = a - _row_max(a, axis), b - _row_max(b, axis)
+    s_a = jnp.sum(jnp.exp(sh_a), axis=axis, keepdims=True)
+    s_b = jnp.sum(jnp.exp(sh_b), axis=axis, keepdims=True)
+    ls_p = sh_a - jnp.log(jnp.where(s_a == 0, 1, s_a))
+    ls_q = sh_b - jnp.log(jnp.where(s_b == 0, 1, s_b))
+    # 0 * (s_a + s_b) is 0 for every finite row and NaN where a kept logit is
+    # NaN (or +inf): the selects in js_terms must not turn a NaN row into a value.
+    nan_guard = jnp.squeeze(0 * (s_a + s_b), axis)
+    return js_terms(ls_p, ls_q, beta, normalized), nan_guard
+
+
+def _js_logit_value(t, nan_guard, axis):
+    # The sum of Jensen gaps is >= 0; rounding cannot make it negative.
+    return jnp.maximum(jnp.sum(t, axis=axis), 0) + nan_guard
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _js_logits(a: Array, b: Array, mask: Array | None, beta: Array, axis: int, normalized: bool):
+    (_, _, t, _, _), guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
+    return _js_logit_value(t, guard, axis)
+
+
+def _js_logits_jvp(axis, normalized, primals, tangents):
+    a, b, mask, beta = primals
+    da, db, _, _ = tangents
+    (p, q, t, g_p, g_q), guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
+    out = _js_logit_value(t, guard, axis)
     dout = None
     # Chain through the softmax Jacobian: p * (g - <p, g>).
     if not _checks.is_symbolic_zero(da):

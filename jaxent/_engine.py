@@ -638,3 +638,200 @@ def _softcap_jvp(primals, tangents):
     dc = jnp.where(sech2 != 0, t - x / cap * sech2, jnp.where(x == -jnp.inf, zero, t))
     dout = jnp.where(sech2 != 0, sech2 * dx, zero) + dc * dcap
     return softcap(x, cap), dout
+
+
+# --------------------------------------------------------------------------- softmax moments
+# Streamed statistics of p = softmax(a) (and q = softmax(b) for a second head) that
+# the cross-entropy statistics above do not carry: the entropy, and the p-weighted
+# log-ratio of two heads. Used by the blocked (linear_*) and vocabulary-sharded
+# (vocab_parallel_*) log-prob/entropy and divergences of jaxent._large_vocab.
+#
+#   e = sum_j e^{a_j - m} (a_j - m)                    H(p)      = log s - e / s
+#   d = sum_j e^{a_j - m} ((a_j - m) - (b_j - m_b))    D(p || q) = d / s - log s + log s_b
+#
+# Every sum is relative to the running maxima (m, m_b), never to the raw logits,
+# so the values do not lose accuracy when all logits shift by a common c
+# (issue 9, defect 2); merging two parts rebases each to the larger maxima:
+#   s <- sum_i e^{m_i - M} s_i,  e <- sum_i e^{m_i - M} (e_i + (m_i - M) s_i),
+#   d <- sum_i e^{m_i - M} (d_i + ((m_i - M) - (m_b,i - M_b)) s_i).
+
+
+class Moments(NamedTuple):
+    """Softmax moments of some columns of one or two heads (row vectors, keepdims).
+
+    ``m``, ``s``: max of ``a`` and ``sum e^(a - m)``; ``e``: the entropy sum;
+    ``zy``: the label's logit (0 where the label is not among the columns);
+    ``mb``, ``sb``: the same as ``m``, ``s`` for ``b``; ``d``: the log-ratio sum
+    (present only with ``mb``). Unused fields are ``None``.
+    """
+
+    m: Array
+    s: Array
+    e: Array | None = None
+    zy: Array | None = None
+    mb: Array | None = None
+    sb: Array | None = None
+    d: Array | None = None
+
+
+def _times(w: Array, v: Array) -> Array:
+    """``w * v`` with ``0 * (+-inf) = 0`` (a NaN ``w`` or ``v`` stays NaN)."""
+    return jnp.where(w == 0, jnp.zeros((), w.dtype), w * v)
+
+
+def partial_moments(
+    a: Array,
+    b: Array | None = None,
+    *,
+    axis: int,
+    entropy: bool = False,
+    labels: Array | None = None,
+    start: Any = 0,
+    mask: Array | None = None,
+) -> Moments:
+    """Moments of the columns of ``a`` (and of ``b``, same shape) along ``axis``.
+
+    ``labels`` (keepdims, global indices) are matched against ``start + column``;
+    ``mask`` removes columns of both heads. Inputs are upcast to the compute dtype.
+    """
+    cdt = _cdt(a)
+    a = a.astype(cdt)
+    if mask is not None:
+        a = jnp.where(mask, a, -jnp.inf)
+    m = jnp.max(a, axis=axis, keepdims=True, initial=-jnp.inf)
+    m0 = _finite_shift(m)
+    ea = jnp.exp(a - m0)
+    s = jnp.sum(ea, axis=axis, keepdims=True)
+    e = zy = mb = sb = d = None
+    if entropy:
+        e = jnp.sum(_times(ea, a - m0), axis=axis, keepdims=True)
+    if labels is not None:
+        hit = _label_hit(a.shape, labels, axis, start)
+        zy = jnp.sum(jnp.where(hit, a, jnp.zeros((), cdt)), axis=axis, keepdims=True)
+    if b is not None:
+        b = b.astype(cdt)
+        if mask is not None:
+            b = jnp.where(mask, b, -jnp.inf)
+        mb = jnp.max(b, axis=axis, keepdims=True, initial=-jnp.inf)
+        mb0 = _finite_shift(mb)
+        sb = jnp.sum(jnp.exp(b - mb0), axis=axis, keepdims=True)
+        d = jnp.sum(_times(ea, (a - m0) - (b - mb0)), axis=axis, keepdims=True)
+    return Moments(m, s, e, zy, mb, sb, d)
+
+
+def empty_moments(like: Moments) -> Moments:
+    """The moments of no column (the identity of :func:`combine_moments`)."""
+
+    def z(v, fill=0.0):
+        return None if v is None else jnp.full_like(v, fill)
+
+    return Moments(z(like.m, -jnp.inf), z(like.s), z(like.e), z(like.zy), z(like.mb, -jnp.inf),
+                   z(like.sb), z(like.d))  # fmt: skip
+
+
+def _rebased_moments(p: Moments, big: Array, big_b: Array | None) -> list[Array]:
+    """The sums of ``p`` relative to the maxima ``(big, big_b)``, in field order."""
+    big0 = _finite_shift(big)
+    m0 = _finite_shift(p.m)
+    alpha = jnp.where(p.m == -jnp.inf, jnp.zeros((), p.s.dtype), jnp.exp(p.m - big0))
+    out = [alpha * p.s]
+    if p.e is not None:
+        out.append(_times(alpha, p.e + _times(p.s, m0 - big0)))
+    if p.zy is not None:
+        out.append(p.zy)
+    if p.mb is not None:
+        bigb0 = _finite_shift(big_b)
+        out.append(_rebase(p.sb, p.mb, bigb0))
+        if p.d is not None:
+            shift = (m0 - big0) - (_finite_shift(p.mb) - bigb0)
+            out.append(_times(alpha, p.d + _times(p.s, shift)))
+    return out
+
+
+def _moments_from(big: Array, big_b: Array | None, sums: list[Array], like: Moments) -> Moments:
+    sums = list(sums)
+    s = sums.pop(0)
+    e = sums.pop(0) if like.e is not None else None
+    zy = sums.pop(0) if like.zy is not None else None
+    sb = sums.pop(0) if like.mb is not None else None
+    d = sums.pop(0) if like.d is not None else None
+    return Moments(big, s, e, zy, big_b, sb, d)
+
+
+def combine_moments(p: Moments, q: Moments) -> Moments:
+    """Merges the moments of two disjoint sets of columns."""
+    big = jnp.maximum(p.m, q.m)
+    big_b = None if p.mb is None else jnp.maximum(p.mb, q.mb)
+    sums = [
+        x + y
+        for x, y in zip(
+            _rebased_moments(p, big, big_b), _rebased_moments(q, big, big_b), strict=True
+        )
+    ]
+    return _moments_from(big, big_b, sums, p)
+
+
+def combine_moments_across(st: Moments, axis_name: Any) -> Moments:
+    """Merges the moments of vocabulary shards: one ``pmax`` and one ``psum``."""
+    if st.mb is None:
+        big, big_b = jax.lax.pmax(st.m, axis_name), None
+    else:
+        big, big_b = jax.lax.pmax(jnp.stack([st.m, st.mb]), axis_name)
+    sums = jax.lax.psum(jnp.stack(_rebased_moments(st, big, big_b)), axis_name)
+    return _moments_from(big, big_b, list(sums), st)
+
+
+def moments_lse(st: Moments) -> tuple[Array, Array | None]:
+    """``(lse(a), lse(b))`` of combined moments (``-inf`` for an empty row)."""
+    lse_a = jnp.log(st.s) + _finite_shift(st.m)
+    lse_b = None if st.mb is None else jnp.log(st.sb) + _finite_shift(st.mb)
+    return lse_a, lse_b
+
+
+def moments_entropy(st: Moments) -> Array:
+    """``H(p) = log s - e / s`` (0 for an empty row); needs ``entropy=True`` moments."""
+    h = jnp.log(st.s) - st.e / st.s
+    return jnp.where(st.m == -jnp.inf, jnp.zeros((), h.dtype), h)
+
+
+def moments_log_prob(st: Moments) -> Array:
+    """``log p_y = (z_y - m) - log s`` (0 for an empty row); needs ``labels`` moments."""
+    lp = (st.zy - _finite_shift(st.m)) - jnp.log(st.s)
+    return jnp.where(st.m == -jnp.inf, jnp.zeros((), lp.dtype), lp)
+
+
+def moments_kl(st: Moments) -> Array:
+    """``D(p || q) = d / s - log s + log s_b``: 0 for an empty ``p``, ``+inf`` for an empty ``q``."""
+    kl = st.d / st.s + (jnp.log(st.sb) - jnp.log(st.s))
+    zero, inf = jnp.zeros((), kl.dtype), jnp.asarray(jnp.inf, kl.dtype)
+    kl = jnp.where(st.mb == -jnp.inf, inf, kl)
+    return jnp.where(st.m == -jnp.inf, zero, kl)
+
+
+def softmax_from_lse(x: Array, lse: Array, mask: Array | None = None) -> Array:
+    """``exp(x - lse)`` in the compute dtype: 0 on removed columns and on empty rows."""
+    z = x.astype(_cdt(x))
+    if mask is not None:
+        z = jnp.where(mask, z, -jnp.inf)
+    empty = lse == -jnp.inf
+    p = jnp.exp(z - jnp.where(empty, jnp.zeros((), lse.dtype), lse))
+    return jnp.where(empty, jnp.zeros((), p.dtype), p)
+
+
+def grad_entropy_logits(x: Array, lse: Array, ent: Array, mask: Array | None = None) -> Array:
+    """``dH/dz_j = p_j ((lse - z_j) - H)`` (0 where ``p_j = 0``)."""
+    z = x.astype(_cdt(x))
+    p = softmax_from_lse(x, lse, mask)
+    return _times(p, (lse - z) - ent)
+
+
+def grad_kl_logits(
+    a: Array, b: Array, lse_a: Array, lse_b: Array, kl: Array, mask: Array | None = None
+) -> tuple[Array, Array]:
+    """``(dD/da, dD/db) = (p ((a - lse_a) - (b - lse_b) - D), q - p)`` of ``D(p || q)``."""
+    cdt = _cdt(a)
+    p = softmax_from_lse(a, lse_a, mask)
+    q = softmax_from_lse(b, lse_b, mask)
+    la = a.astype(cdt) - lse_a
+    lb = b.astype(cdt) - lse_b
+    return _times(p, (la - lb) - kl), q - p

@@ -74,8 +74,18 @@ ArrayLike = jax.typing.ArrayLike
 #: about two [N, block] float32 buffers (128 MiB at N=8192).
 DEFAULT_BLOCK_SIZE = 2048
 
+#: Budget of the heuristic block size (``block_size=None``): the float32 logits
+#: of one block of every head stay under 128 MiB (2048 columns up to 16384 rows
+#: with one head, 8192 rows with two; the working memory is a small multiple).
+BLOCK_BYTES = 128 * 2**20
+
 
 # --------------------------------------------------------------------------- checks
+
+
+def _check_temperature(temperature: Any) -> None:
+    if temperature is not None:
+        _checks.check_positive(temperature, "temperature")
 
 
 def _check_hparams(label_smoothing: Any, z_loss: Any, logit_softcap: Any) -> None:
@@ -92,14 +102,24 @@ def _is_static_zero(x: Any) -> bool:
     return float(np.asarray(x)) == 0.0
 
 
-def _check_block_size(block_size: Any) -> int:
+def _check_block_size(block_size: Any, vocab: int, rows: int = 0, heads: int = 1) -> int:
+    """``block_size``, or the heuristic's choice when it is ``None``.
+
+    The heuristic: :data:`DEFAULT_BLOCK_SIZE` columns (the fastest or tied in
+    every measured case), halved while the float32 logits of one block of
+    every head (``rows * block * heads * 4`` bytes) exceed
+    :data:`BLOCK_BYTES`, down to 256; never more than ``vocab``.
+    """
     if block_size is None:
-        return DEFAULT_BLOCK_SIZE
+        block = DEFAULT_BLOCK_SIZE
+        while block > 256 and rows * block * heads * 4 > BLOCK_BYTES:
+            block //= 2
+        return max(1, min(block, vocab))
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise TypeError(f"`block_size` must be a positive int or None, got {block_size!r}.")
     if block_size <= 0:
         raise ValueError(f"`block_size` must be a positive int, got {block_size}.")
-    return int(block_size)
+    return min(int(block_size), vocab)
 
 
 def _varying_axes(x: Array) -> frozenset:
@@ -193,6 +213,7 @@ class _Config(NamedTuple):
     zloss: bool  # z-loss term present
     softcap: bool  # soft-cap present
     axis_name: Any  # mesh axis over which the vocabulary is sharded, or None
+    temp: bool = False  # logits divided by a temperature hp[3]
 
     @property
     def v_total(self) -> int:
@@ -309,6 +330,8 @@ def _block(h, w, b, labels, offset, i, hp, cfg: _Config) -> _Block:
     if b_blk is not None:
         u = u + b_blk.astype(cdt)[None, :]
     z = _engine.softcap(u, hp[2]) if cfg.softcap else u
+    if cfg.temp:
+        z = z / hp[3]
     first = offset + start.astype(labels.dtype)
     mask = None
     if cfg.vocab % cfg.block:
@@ -371,6 +394,8 @@ def _linear_ce_bwd(cfg, res, g):
             start=blk.start,
             mask=blk.mask,
         )
+        if cfg.temp:
+            du = du / hp[3]
         if cfg.softcap:
             du = du * _engine.softcap_grad(blk.u, hp[2])
         du = du.astype(h.dtype)
@@ -441,8 +466,10 @@ _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 # --------------------------------------------------------------------------- public functions
 
 
-def _setup(vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt):
-    """The static config and the traced hyper-parameters ``[eps, lam, cap]``."""
+def _setup(
+    vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt, temperature=None
+):
+    """The static config and the traced hyper-parameters ``[eps, lam, cap, T]``."""
     cfg = _Config(
         vocab=vocab,
         block=block,
@@ -451,10 +478,40 @@ def _setup(vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softc
         zloss=not _is_static_zero(z_loss),
         softcap=logit_softcap is not None,
         axis_name=axis_name,
+        temp=temperature is not None,
     )
     cap = 1.0 if logit_softcap is None else logit_softcap
-    hp = jnp.stack([jnp.asarray(x, cdt) for x in (label_smoothing, z_loss, cap)])
+    t = 1.0 if temperature is None else temperature
+    hp = jnp.stack([jnp.asarray(x, cdt) for x in (label_smoothing, z_loss, cap, t)])
     return cfg, hp
+
+
+def _check_head(
+    hidden: Any, weight: Any, bias: Any, hidden_name: str, weight_name: str, bias_name: str
+) -> tuple[Array, Array, Array | None, tuple[int, ...]]:
+    """Validates one output head ``(hidden [..., D], weight [D, V], bias [V])``."""
+    hidden = _checks.check_floating(hidden, hidden_name)
+    weight = _checks.check_floating(weight, weight_name)
+    if hidden.ndim < 1:
+        raise ValueError(
+            f"`{hidden_name}` must have shape [..., D] (rows of hidden states), got a scalar."
+        )
+    if weight.ndim != 2:
+        raise ValueError(f"`{weight_name}` must have shape [D, V], got {weight.shape}.")
+    d = hidden.shape[-1]
+    if weight.shape[0] != d:
+        raise ValueError(
+            f"`{weight_name}` must have shape [D, V] with D = {hidden_name}.shape[-1] = {d},"
+            f" got {weight.shape}."
+        )
+    vocab = weight.shape[1]
+    if vocab == 0:
+        raise ValueError(f"`{weight_name}` must have at least one class (V > 0).")
+    if bias is not None:
+        bias = _checks.check_floating(bias, bias_name)
+        if bias.shape != (vocab,):
+            raise ValueError(f"`{bias_name}` must have shape [V] = ({vocab},), got {bias.shape}.")
+    return hidden, weight, bias, hidden.shape[:-1]
 
 
 def _prepare_linear(
@@ -471,35 +528,21 @@ def _prepare_linear(
     axis_name: Any,
     weight_name: str,
     bias_name: str,
+    temperature: Any = None,
 ):
     shards = 1 if axis_name is None else _checks.check_axis_name(axis_name)
-    hidden = _checks.check_floating(hidden, "hidden")
-    weight = _checks.check_floating(weight, weight_name)
+    hidden, weight, bias, row_shape = _check_head(
+        hidden, weight, bias, "hidden", weight_name, bias_name
+    )
+    d, vocab = weight.shape
     labels = _checks.check_labels(labels, "labels")
-    if hidden.ndim < 1:
-        raise ValueError("`hidden` must have shape [..., D] (rows of hidden states), got a scalar.")
-    if weight.ndim != 2:
-        raise ValueError(f"`{weight_name}` must have shape [D, V], got {weight.shape}.")
-    d = hidden.shape[-1]
-    if weight.shape[0] != d:
-        raise ValueError(
-            f"`{weight_name}` must have shape [D, V] with D = hidden.shape[-1] = {d},"
-            f" got {weight.shape}."
-        )
-    row_shape = hidden.shape[:-1]
     if labels.shape != row_shape:
         raise ValueError(
             f"`labels` must have shape {row_shape} (the rows of `hidden` {hidden.shape}),"
             f" got {labels.shape}."
         )
-    vocab = weight.shape[1]
-    if vocab == 0:
-        raise ValueError(f"`{weight_name}` must have at least one class (V > 0).")
-    if bias is not None:
-        bias = _checks.check_floating(bias, bias_name)
-        if bias.shape != (vocab,):
-            raise ValueError(f"`{bias_name}` must have shape [V] = ({vocab},), got {bias.shape}.")
     _check_hparams(label_smoothing, z_loss, logit_softcap)
+    _check_temperature(temperature)
     if axis_name is not None:
         _check_sharded_over(weight, axis_name, shards, weight_name)
         if bias is not None:
@@ -508,8 +551,10 @@ def _prepare_linear(
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
     cdt = _checks.compute_dtype(*dtypes)
     mdt = jnp.result_type(hidden.dtype, weight.dtype)
-    block = min(_check_block_size(block_size), vocab)
-    cfg, hp = _setup(vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt)
+    block = _check_block_size(block_size, vocab, math.prod(row_shape))
+    cfg, hp = _setup(
+        vocab, block, shards, axis_name, label_smoothing, z_loss, logit_softcap, cdt, temperature
+    )
     n = math.prod(row_shape)
     h2 = hidden.reshape(n, d).astype(mdt)
     where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
@@ -529,6 +574,7 @@ def linear_cross_entropy(
     z_loss: float | ArrayLike = 0.0,
     logit_softcap: float | None = None,
     block_size: int | None = None,
+    temperature: float | ArrayLike | None = None,
 ) -> Array:
     r"""Softmax cross-entropy of ``hidden @ weight`` without materialising the logits.
 
@@ -577,9 +623,12 @@ def linear_cross_entropy(
         :math:`(1-\varepsilon)\,\mathrm{onehot} + \varepsilon/V`.
       z_loss: :math:`\lambda \ge 0`, coefficient of :math:`\mathrm{lse}^2`.
       logit_softcap: optional :math:`c > 0`; logits become :math:`c\tanh(u/c)`.
-      block_size: vocabulary columns per block (default
-        :data:`DEFAULT_BLOCK_SIZE` = 2048); the working memory grows
+      block_size: vocabulary columns per block (``None``: the heuristic of
+        :func:`_check_block_size`, 2048 unless the rows make one block's
+        float32 logits exceed :data:`BLOCK_BYTES`); the working memory grows
         linearly with it, the speed is flat from about 1024 up on CPU.
+      temperature: optional :math:`T > 0`: the logits (after the soft-cap)
+        are divided by it, ``softmax(cap(hW + b) / T)``; no :math:`T^2` factor.
 
     Returns:
       Per-example losses of shape ``[N]`` (the shape of ``labels``), in the
@@ -612,6 +661,7 @@ def linear_cross_entropy(
         None,
         "weight",
         "bias",
+        temperature,
     )
     return _linear_ce(h2, w2, b, lab, rw, hp, cfg).reshape(row_shape).astype(out_dt)
 
@@ -629,6 +679,7 @@ def vocab_parallel_linear_cross_entropy(
     z_loss: float | ArrayLike = 0.0,
     logit_softcap: float | None = None,
     block_size: int | None = None,
+    temperature: float | ArrayLike | None = None,
 ) -> Array:
     r""":func:`linear_cross_entropy` with the projection sharded over the vocabulary.
 
@@ -670,6 +721,7 @@ def vocab_parallel_linear_cross_entropy(
       z_loss: :math:`\lambda \ge 0`.
       logit_softcap: optional :math:`c > 0`.
       block_size: local vocabulary columns per block.
+      temperature: optional :math:`T > 0` dividing the logits.
 
     Returns:
       Per-example losses ``[N]``, identical on every device of ``axis_name``.
@@ -696,6 +748,7 @@ def vocab_parallel_linear_cross_entropy(
         axis_name,
         "weight_shard",
         "bias_shard",
+        temperature,
     )
     return _linear_ce(h2, w2, b, lab, rw, hp, cfg).reshape(row_shape).astype(out_dt)
 
@@ -709,6 +762,7 @@ def vocab_parallel_cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float | ArrayLike = 0.0,
     z_loss: float | ArrayLike = 0.0,
+    temperature: float | ArrayLike | None = None,
 ) -> Array:
     r"""Integer-label softmax cross-entropy with the class axis sharded over devices.
 
@@ -749,6 +803,7 @@ def vocab_parallel_cross_entropy(
       ignore_index: optional label value whose rows give 0.
       label_smoothing: :math:`\varepsilon \in [0, 1)`, uniform over all :math:`V` classes.
       z_loss: :math:`\lambda \ge 0`.
+      temperature: optional :math:`T > 0` dividing the logits.
 
     Returns:
       Per-example losses of the shape of ``labels``, the same on every device
@@ -784,13 +839,872 @@ def vocab_parallel_cross_entropy(
             f" its class axis), got {labels.shape}."
         )
     _check_hparams(label_smoothing, z_loss, None)
+    _check_temperature(temperature)
     _check_sharded_over(logits_shard, axis_name, shards, "logits_shard")
     v_local = logits_shard.shape[-1]
     cdt = _checks.compute_dtype(logits_shard.dtype)
     cfg, hp = _setup(v_local, v_local, shards, axis_name, label_smoothing, z_loss, None, cdt)
     n = math.prod(row_shape)
     z = logits_shard.reshape(n, v_local)  # upcast inside the engine's reductions
+    if temperature is not None:
+        z = z.astype(cdt) / jnp.asarray(temperature, cdt)
     where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
     lab, rw = _row_weight(labels.reshape(n), where2, ignore_index, cfg.v_total, cdt, z)
     out = _vp_ce(z, lab, rw, hp, cfg)
     return out.reshape(row_shape).astype(logits_shard.dtype)
+
+
+# --------------------------------------------------------------------------- distributions
+# Log-probability, entropy, KL and JS of softmax((h W + b) / T), streamed over
+# vocabulary blocks (linear_*) or computed on vocabulary shards (vocab_parallel_*),
+# from the engine's softmax moments (jaxent._engine.partial_moments and friends).
+# Per block of one head: the logits [N, B]; across blocks: moments of [N, 1].
+
+
+class _DistConfig(NamedTuple):
+    """Static description of one streamed distribution computation (hashable)."""
+
+    vocab: int  # classes seen by this call (the local shard's, if sharded)
+    block: int  # columns per block
+    shards: int  # size of the mesh axis the classes are sharded over (1: unsharded)
+    axis_name: Any  # that mesh axis, or None
+    temp: bool  # logits divided by hp[0]
+    normalized: bool = False  # JS divided by beta (1 - beta)
+
+
+def _dist_setup(vocab, rows, heads, block_size, shards, axis_name, temperature, cdt, beta=None):
+    _check_temperature(temperature)
+    block = vocab if axis_name is not None else _check_block_size(block_size, vocab, rows, heads)
+    cfg = _DistConfig(vocab, block, shards, axis_name, temperature is not None)
+    t = 1.0 if temperature is None else temperature
+    hp = jnp.stack([jnp.asarray(x, cdt) for x in (t, 0.5 if beta is None else beta)])
+    return cfg, hp
+
+
+def _head_logits(h: Array, w: Array, b: Array | None, i: Array, hp: Array, cfg: _DistConfig):
+    """``(z, start, w_blk)``: block ``i``'s logits ``(h w_blk + b_blk) / T`` (compute dtype)."""
+    start, w_blk, b_blk = _block_slices(w, b, i, cfg)  # type: ignore[arg-type]
+    cdt = hp.dtype
+    z = jax.lax.dot_general(h, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+    if b_blk is not None:
+        z = z + b_blk.astype(cdt)[None, :]
+    if cfg.temp:
+        z = z / hp[0]
+    return z, start, w_blk
+
+
+def _recovered_mask(i: Array, start: Array, cfg: _DistConfig) -> Array | None:
+    """Columns of a ragged last block already counted by the previous block: False."""
+    if cfg.vocab % cfg.block == 0:
+        return None
+    return (start + jnp.arange(cfg.block, dtype=start.dtype) >= i * cfg.block)[None, :]
+
+
+def _stream_moments(hs, ws, bs, hp, cfg: _DistConfig, part, like: _engine.Moments):
+    """Combined moments of every block: ``part(zs, start, mask, i)`` gives one block's."""
+
+    def body(i, st):
+        blocks = [_head_logits(h, w, b, i, hp, cfg) for h, w, b in zip(hs, ws, bs, strict=True)]
+        start = blocks[0][1]
+        part_st = part([z for z, _, _ in blocks], start, _recovered_mask(i, start, cfg), i)
+        return _engine.combine_moments(st, part_st)
+
+    return jax.lax.fori_loop(0, _num_blocks(cfg), body, _engine.empty_moments(like))  # type: ignore[arg-type]
+
+
+def _stream_grads(hs, ws, bs, hp, cfg: _DistConfig, dz_fn, need=None):
+    """Gradients w.r.t. every head's ``(h, w, b)`` from ``dz_fn(zs, start, mask, i) -> dzs``.
+
+    Each block's logits are recomputed; ``dz`` is the gradient w.r.t. the
+    logits (before the division by ``T``; ``None`` for a head that needs
+    none). The ragged last block goes first: its re-covered columns get 0,
+    which the next block overwrites. A head with ``need`` False (a teacher
+    under ``stop_gradient``) gets ``(None, None, None)`` and costs no matmul.
+    """
+    nb = _num_blocks(cfg)
+    cdt = hp.dtype
+    need = [True] * len(hs) if need is None else list(need)
+    if not any(need):
+        return [(None, None, None) for _ in hs]
+
+    def body(k, carry):
+        i = (k + nb - 1) % nb
+        blocks = [_head_logits(h, w, b, i, hp, cfg) for h, w, b in zip(hs, ws, bs, strict=True)]
+        start = blocks[0][1]
+        dzs = dz_fn([z for z, _, _ in blocks], start, _recovered_mask(i, start, cfg), i)
+        out = []
+        for (h, w, b), (_, _, w_blk), dz, (dh, dw, db) in zip(
+            zip(hs, ws, bs, strict=True), blocks, dzs, carry, strict=True
+        ):
+            if dh is None:
+                out.append((None, None, None))
+                continue
+            if cfg.temp:
+                dz = dz / hp[0]
+            du = dz.astype(h.dtype)
+            dh = dh + jax.lax.dot_general(
+                du, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt
+            )
+            dw_blk = jax.lax.dot_general(
+                h,
+                du,
+                (((0,), (0,)), ((), ())),
+                preferred_element_type=cdt,
+                out_sharding=_explicit_sharding(w_blk),
+            ).astype(w.dtype)
+            dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
+            if db is not None:
+                db_blk = jnp.sum(dz, axis=0).astype(b.dtype)
+                db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
+            out.append((dh, dw, db))
+        return tuple(out)
+
+    init = tuple(
+        (
+            jnp.zeros_like(h, dtype=cdt),
+            jnp.zeros_like(w),
+            None if b is None else jnp.zeros_like(b),
+        )
+        if wanted
+        else (None, None, None)
+        for h, w, b, wanted in zip(hs, ws, bs, need, strict=True)
+    )
+    grads = jax.lax.fori_loop(0, nb, body, init)
+    return [
+        (None, None, None) if dh is None else (dh.astype(h.dtype), dw, db)
+        for (dh, dw, db), h in zip(grads, hs, strict=True)
+    ]
+
+
+def _unwrap(*args: Any) -> tuple[list[Any], bool]:
+    """Values of a ``symbolic_zeros`` custom-VJP forward's arguments, and whether any is perturbed.
+
+    Called as the primal (no differentiation), the arguments are plain arrays.
+    """
+    vals, perturbed = [], False
+    for x in args:
+        if isinstance(x, jax.custom_derivatives.CustomVJPPrimal):
+            vals.append(x.value)
+            perturbed |= bool(x.perturbed)
+        else:
+            vals.append(x)
+            perturbed |= x is not None
+    return vals, perturbed
+
+
+def _flag(on: bool) -> tuple | None:
+    """A residual that is a static flag (an empty pytree, or ``None``)."""
+    return () if on else None
+
+
+def _cotangent(g: Any, like: Array) -> Array:
+    """A row cotangent as an array (``0`` for a symbolic zero)."""
+    if g is None or _checks.is_symbolic_zero(g):
+        return jnp.zeros_like(like)
+    return g.astype(like.dtype)
+
+
+# log-prob and entropy --------------------------------------------------------
+
+
+def _lpent_part(z, labels, start, mask):
+    return _engine.partial_moments(z, axis=1, entropy=True, labels=labels, start=start, mask=mask)
+
+
+def _lpent_labels(labels: Array, i: Array, cfg: _DistConfig, offset: Any) -> Array:
+    """``[N, 1]`` labels of block ``i`` (-1 where the label lies in a re-covered column)."""
+    if cfg.vocab % cfg.block:
+        labels = jnp.where(labels >= offset + i * cfg.block, labels, -1)
+    return labels[:, None]
+
+
+def _lpent_finish(st: _engine.Moments, rw: Array):
+    """Outputs ``(log_prob, entropy)`` and the residual row statistics ``(lse, H)``."""
+    lse, _ = _engine.moments_lse(st)
+    ent = _engine.moments_entropy(st)
+    lp = _engine.moments_log_prob(st)
+    col = rw[:, None]
+    zero = jnp.zeros((), lp.dtype)
+    lp_out = jnp.where(col != 0, col * lp, zero)  # a NaN weight (bad label) gives NaN
+    ent_out = jnp.where(col != 0, ent, zero)
+    return (lp_out[:, 0], ent_out[:, 0]), (lse, ent)
+
+
+def _lpent_dz(z, labels, start, mask, lse, ent, g_lp, g_ent):
+    """``g_lp (e_y - p) + g_H p ((lse - z) - H)`` on the block's columns."""
+    p = _engine.softmax_from_lse(z, lse, mask)
+    hit = _engine._label_hit(z.shape, labels, 1, start)
+    if mask is not None:
+        hit = hit & mask
+    zero = jnp.zeros((), p.dtype)
+    dz = _engine._times(g_ent, _engine.grad_entropy_logits(z, lse, ent, mask))
+    return dz + jnp.where(g_lp == 0, zero, g_lp * (jnp.where(hit, 1.0, zero) - p))
+
+
+def _lpent_cotangents(g, rw, lse):
+    """Row cotangents: removed rows and rows with no class get 0; a bad label NaN."""
+    g_lp, g_ent = (_cotangent(x, rw) for x in g)
+    col = rw[:, None]
+    live = (col != 0) & (lse != -jnp.inf)
+    zero = jnp.zeros((), rw.dtype)
+    return (
+        jnp.where(live, col * g_lp[:, None], zero),
+        jnp.where(live, g_ent[:, None], zero),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _linear_lpent(h, w, b, labels, rw, hp, cfg):
+    return _linear_lpent_fwd(h, w, b, labels, rw, hp, cfg)[0]
+
+
+def _linear_lpent_fwd(h, w, b, labels, rw, hp, cfg):
+    (h, w, b, labels, rw, hp), _ = _unwrap(h, w, b, labels, rw, hp)
+    zero = jnp.zeros_like(rw)[:, None]
+
+    def part(zs, start, mask, i):
+        return _lpent_part(zs[0], _lpent_labels(labels, i, cfg, 0), start, mask)
+
+    like = _engine.Moments(zero, zero, zero, zero)
+    st = _stream_moments([h], [w], [b], hp, cfg, part, like)
+    out, (lse, ent) = _lpent_finish(st, rw)
+    return out, (h, w, b, labels, rw, hp, lse, ent)
+
+
+def _linear_lpent_bwd(cfg, res, g):
+    h, w, b, labels, rw, hp, lse, ent = res
+    g_lp, g_ent = _lpent_cotangents(g, rw, lse)
+
+    def dz_fn(zs, start, mask, i):
+        lab = _lpent_labels(labels, i, cfg, 0)
+        return [_lpent_dz(zs[0], lab, start, mask, lse, ent, g_lp, g_ent)]
+
+    ((dh, dw, db),) = _stream_grads([h], [w], [b], hp, cfg, dz_fn)
+    return dh, dw, db, None, None, None
+
+
+_linear_lpent.defvjp(_linear_lpent_fwd, _linear_lpent_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _vp_lpent(z, labels, rw, hp, cfg):
+    return _vp_lpent_fwd(z, labels, rw, hp, cfg)[0]
+
+
+def _vp_scaled(z: Array, hp: Array, cfg: _DistConfig) -> Array:
+    z = z.astype(hp.dtype)
+    return z / hp[0] if cfg.temp else z
+
+
+def _vp_lpent_fwd(z, labels, rw, hp, cfg):
+    (z, labels, rw, hp), _ = _unwrap(z, labels, rw, hp)
+    zs = _vp_scaled(z, hp, cfg)
+    st = _lpent_part(zs, labels[:, None], _offset(labels, cfg), None)  # type: ignore[arg-type]
+    st = _engine.combine_moments_across(st, cfg.axis_name)
+    out, (lse, ent) = _lpent_finish(st, rw)
+    return out, (z, labels, rw, hp, lse, ent)
+
+
+def _vp_lpent_bwd(cfg, res, g):
+    z, labels, rw, hp, lse, ent = res
+    g_lp, g_ent = _lpent_cotangents(g, rw, lse)
+    zs = _vp_scaled(z, hp, cfg)
+    start = _offset(labels, cfg)  # type: ignore[arg-type]
+    dz = _lpent_dz(zs, labels[:, None], start, None, lse, ent, g_lp, g_ent)
+    if cfg.temp:
+        dz = dz / hp[0]
+    return _sum_to_vma(dz.astype(z.dtype), z), None, None, None
+
+
+_vp_lpent.defvjp(_vp_lpent_fwd, _vp_lpent_bwd, symbolic_zeros=True)
+
+
+# KL ---------------------------------------------------------------------------
+
+
+def _kl_finish(st: _engine.Moments, keep: Array):
+    lse_a, lse_b = _engine.moments_lse(st)
+    kl = _engine.moments_kl(st)
+    out = jnp.where(keep[:, None], kl, jnp.zeros((), kl.dtype))
+    return out[:, 0], (lse_a, lse_b, kl)
+
+
+def _kl_dz(za, zb, mask, lse_a, lse_b, kl, g, need):
+    da, db = _engine.grad_kl_logits(za, zb, lse_a, lse_b, kl, mask)
+    return [_engine._times(g, d) if on else None for d, on in zip((da, db), need, strict=True)]
+
+
+def _kl_cotangent(g, keep, lse_a):
+    zero = jnp.zeros((), lse_a.dtype)
+    g = _cotangent(g, lse_a[:, 0])[:, None]
+    return jnp.where(keep[:, None] & (lse_a != -jnp.inf), g, zero)
+
+
+def _kl_like(keep: Array, cdt: Any) -> _engine.Moments:
+    zero = jnp.zeros(keep.shape + (1,), cdt)
+    return _engine.Moments(zero, zero, None, None, zero, zero, zero)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _linear_kl(hp_, wp, bp, hq, wq, bq, keep, hp, cfg):
+    return _linear_kl_fwd(hp_, wp, bp, hq, wq, bq, keep, hp, cfg)[0]
+
+
+def _linear_kl_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
+    (ha, wa, ba), need_a = _unwrap(ha, wa, ba)
+    (hb, wb, bb), need_b = _unwrap(hb, wb, bb)
+    (keep, hp), _ = _unwrap(keep, hp)
+
+    def part(zs, start, mask, i):
+        return _engine.partial_moments(zs[0], zs[1], axis=1, mask=mask)
+
+    st = _stream_moments([ha, hb], [wa, wb], [ba, bb], hp, cfg, part, _kl_like(keep, hp.dtype))
+    out, rows = _kl_finish(st, keep)
+    flags = (_flag(need_a), _flag(need_b))
+    return out, (ha, wa, ba, hb, wb, bb, keep, hp, rows, flags)
+
+
+def _linear_kl_bwd(cfg, res, g):
+    ha, wa, ba, hb, wb, bb, keep, hp, (lse_a, lse_b, kl), flags = res
+    need = [f is not None for f in flags]
+    gc = _kl_cotangent(g, keep, lse_a)
+
+    def dz_fn(zs, start, mask, i):
+        return _kl_dz(zs[0], zs[1], mask, lse_a, lse_b, kl, gc, need)
+
+    heads = ([ha, hb], [wa, wb], [ba, bb])
+    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, need)
+    return dha, dwa, dba, dhb, dwb, dbb, None, None
+
+
+_linear_kl.defvjp(_linear_kl_fwd, _linear_kl_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _vp_kl(za, zb, keep, hp, cfg):
+    return _vp_kl_fwd(za, zb, keep, hp, cfg)[0]
+
+
+def _vp_kl_fwd(za, zb, keep, hp, cfg):
+    (za,), need_a = _unwrap(za)
+    (zb,), need_b = _unwrap(zb)
+    (keep, hp), _ = _unwrap(keep, hp)
+    st = _engine.partial_moments(_vp_scaled(za, hp, cfg), _vp_scaled(zb, hp, cfg), axis=1)
+    st = _engine.combine_moments_across(st, cfg.axis_name)
+    out, rows = _kl_finish(st, keep)
+    return out, (za, zb, keep, hp, rows, (_flag(need_a), _flag(need_b)))
+
+
+def _vp_kl_bwd(cfg, res, g):
+    za, zb, keep, hp, (lse_a, lse_b, kl), flags = res
+    need = [f is not None for f in flags]
+    gc = _kl_cotangent(g, keep, lse_a)
+    zs = (_vp_scaled(za, hp, cfg), _vp_scaled(zb, hp, cfg))
+    grads = _kl_dz(*zs, None, lse_a, lse_b, kl, gc, need)
+    out = []
+    for d, z in zip(grads, (za, zb), strict=True):
+        if d is not None:
+            d = _sum_to_vma((d / hp[0] if cfg.temp else d).astype(z.dtype), z)
+        out.append(d)
+    return out[0], out[1], None, None
+
+
+_vp_kl.defvjp(_vp_kl_fwd, _vp_kl_bwd, symbolic_zeros=True)
+
+
+# JS (two passes: the mixture needs both normalisers) ---------------------------
+
+
+def _js_block(za, zb, mask, lse_a, lse_b, hp, cfg: _DistConfig):
+    """``js_terms`` of one block, from the global log-normalisers."""
+    from jaxent._divergences import js_terms
+
+    def logp(z, lse):
+        lse0 = jnp.where(lse == -jnp.inf, jnp.zeros((), lse.dtype), lse)
+        lp = z - lse0
+        return lp if mask is None else jnp.where(mask, lp, -jnp.inf)
+
+    return js_terms(logp(za, lse_a), logp(zb, lse_b), hp[1], cfg.normalized)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _linear_js(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
+    return _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg)[0]
+
+
+def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
+    (ha, wa, ba), need_a = _unwrap(ha, wa, ba)
+    (hb, wb, bb), need_b = _unwrap(hb, wb, bb)
+    (keep, hp), _ = _unwrap(keep, hp)
+    heads = ([ha, hb], [wa, wb], [ba, bb])
+    zero = jnp.zeros(keep.shape + (1,), hp.dtype)
+
+    def norms(zs, start, mask, i):
+        pa = _engine.partial_moments(zs[0], axis=1, mask=mask)
+        pb = _engine.partial_moments(zs[1], axis=1, mask=mask)
+        return _engine.Moments(pa.m, pa.s, mb=pb.m, sb=pb.s)
+
+    like = _engine.Moments(zero, zero, mb=zero, sb=zero)
+    st = _stream_moments(*heads, hp, cfg, norms, like)
+    lse_a, lse_b = _engine.moments_lse(st)
+
+    def body(i, acc):
+        (za, start, _), (zb, _, _) = (
+            _head_logits(h, w, b, i, hp, cfg) for h, w, b in zip(*heads, strict=True)
+        )
+        p, q, t, g_p, g_q = _js_block(za, zb, _recovered_mask(i, start, cfg), lse_a, lse_b, hp, cfg)
+        sums = [jnp.sum(x, axis=1, keepdims=True) for x in (t, p * g_p, q * g_q)]
+        return tuple(x + y for x, y in zip(acc, sums, strict=True))
+
+    tot, gp_mean, gq_mean = jax.lax.fori_loop(0, _num_blocks(cfg), body, (zero, zero, zero))
+    # JS >= 0 (a sum of Jensen gaps); a NaN logit makes its row NaN.
+    bad = jnp.isnan(lse_a) | jnp.isnan(lse_b)
+    js = jnp.where(bad, jnp.nan, jnp.maximum(tot, 0))
+    out = jnp.where(keep[:, None], js, jnp.zeros((), js.dtype))
+    rows = (lse_a, lse_b, js, gp_mean, gq_mean)
+    return out[:, 0], (ha, wa, ba, hb, wb, bb, keep, hp, rows, (_flag(need_a), _flag(need_b)))
+
+
+def _linear_js_bwd(cfg, res, g):
+    ha, wa, ba, hb, wb, bb, keep, hp, (lse_a, lse_b, js, gp_mean, gq_mean), flags = res
+    need = [f is not None for f in flags]
+    zero = jnp.zeros((), js.dtype)
+    # The clamp at 0 is active where JS = 0: the value is constant there.
+    gc = jnp.where(keep[:, None] & (js > 0), _cotangent(g, js[:, 0])[:, None], zero)
+
+    def dz_fn(zs, start, mask, i):
+        p, q, _, g_p, g_q = _js_block(zs[0], zs[1], mask, lse_a, lse_b, hp, cfg)
+        grads = (p * (g_p - gp_mean), q * (g_q - gq_mean))
+        return [_engine._times(gc, d) if on else None for d, on in zip(grads, need, strict=True)]
+
+    heads = ([ha, hb], [wa, wb], [ba, bb])
+    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, need)
+    return dha, dwa, dba, dhb, dwb, dbb, None, None
+
+
+_linear_js.defvjp(_linear_js_fwd, _linear_js_bwd, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------------- public: distributions
+
+
+def _row_keep(where: Any, row_shape: tuple[int, ...], n: int, ref: Array) -> Array:
+    if where is None:
+        return _rows_like(jnp.ones((n,), bool), ref)
+    return _rows_like(_checks.check_mask(where, row_shape).reshape(n), ref)
+
+
+def linear_log_prob_and_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    temperature: float | ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    block_size: int | None = None,
+) -> tuple[Array, Array]:
+    r"""Log-probability of the label and entropy per token, from hidden states.
+
+    With p = softmax((h W + b) / T) per row (the rollout policy of RL):
+
+        log_prob = log p_y = z_y - lse(z),      entropy = H(p) = lse(z) - sum_j p_j z_j
+        d log_prob / dz = e_y - p,              dH / dz_j = p_j (log(1/p_j) - H)
+
+    .. math::
+      \log p_y = z_y - \mathrm{lse}(z), \qquad H(p) = -\sum_j p_j \log p_j,
+      \qquad z = (hW + b)/T
+
+    both computed in one stream over blocks of the vocabulary, as
+    :func:`linear_cross_entropy` does (the logits ``[N, V]`` never exist:
+    working memory O(N * block_size)); the row statistics are the engine's
+    softmax moments (max, sum of exponentials, the entropy sum and the label
+    logit, all relative to the running max, so a common shift of the logits
+    costs no accuracy), accumulated in float32. A ``jax.custom_vjp`` keeps only
+    ``lse`` and ``H`` per row and recomputes each block in the backward pass;
+    gradients flow to ``hidden``, ``weight`` and ``bias`` for any combination
+    of the two outputs' cotangents. Reverse mode only.
+
+    Conventions (those of :func:`jaxent.log_prob_from_logits` and
+    :func:`jaxent.entropy_from_logits`): a row removed by ``where`` gives
+    ``(0, 0)`` and gradient 0; a row whose logits are all ``-inf`` gives
+    ``(0, 0)``; a label on a ``-inf`` logit gives ``log_prob = -inf``; a
+    label outside ``[0, V)`` makes ``log_prob`` NaN (not the entropy);
+    ``0 log 0 = 0``; a NaN logit gives NaN. No ``T**2`` factor.
+
+    Args:
+      hidden: floating hidden states ``[N, D]`` (or ``[..., D]``).
+      weight: floating output projection ``[D, V]``.
+      labels: integer class indices (the sampled tokens) of shape ``hidden.shape[:-1]``.
+      bias: optional floating bias ``[V]``.
+      temperature: optional :math:`T > 0` dividing the logits (``None``: 1).
+      where: optional boolean row mask of the shape of ``labels``.
+      block_size: vocabulary columns per block (``None``: the heuristic of
+        :func:`linear_cross_entropy`).
+
+    Returns:
+      ``(log_prob, entropy)``, each of the shape of ``labels``, in the promoted
+      dtype of the inputs (computed in at least float32).
+
+    Raises:
+      TypeError: non-floating ``hidden``/``weight``/``bias`` or non-integer ``labels``.
+      ValueError: inconsistent shapes, ``temperature <= 0`` or a bad ``block_size``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> h, w = jnp.ones((2, 3)), jnp.zeros((3, 4))  # uniform over 4 classes
+      >>> lp, ent = jaxent.linear_log_prob_and_entropy(h, w, jnp.array([0, 3]))
+      >>> print(jnp.round(lp, 4), jnp.round(ent, 4))  # -log 4, log 4
+      [-1.3863 -1.3863] [1.3863 1.3863]
+
+    See also:
+      :func:`jaxent.log_prob_from_logits`, :func:`jaxent.entropy_from_logits`
+      (the same from materialised logits), :func:`vocab_parallel_log_prob_and_entropy`.
+    """
+    hidden, weight, bias, row_shape = _check_head(hidden, weight, bias, "hidden", "weight", "bias")
+    labels = _checks.check_labels(labels, "labels")
+    if labels.shape != row_shape:
+        raise ValueError(
+            f"`labels` must have shape {row_shape} (the rows of `hidden` {hidden.shape}),"
+            f" got {labels.shape}."
+        )
+    d, vocab = weight.shape
+    n = math.prod(row_shape)
+    dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
+    cdt, out_dt = _checks.compute_dtype(*dtypes), _checks.output_dtype(*dtypes)
+    mdt = jnp.result_type(hidden.dtype, weight.dtype)
+    cfg, hp = _dist_setup(vocab, n, 1, block_size, 1, None, temperature, cdt)
+    h2 = hidden.reshape(n, d).astype(mdt)
+    where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
+    lab, rw = _row_weight(labels.reshape(n), where2, None, vocab, cdt, h2)
+    lp, ent = _linear_lpent(h2, weight.astype(mdt), bias, lab, rw, hp, cfg)
+    return lp.reshape(row_shape).astype(out_dt), ent.reshape(row_shape).astype(out_dt)
+
+
+def _two_heads(
+    p_hidden,
+    p_weight,
+    q_hidden,
+    q_weight,
+    p_bias,
+    q_bias,
+    where,
+    block_size,
+    temperature,
+    beta=None,
+):
+    ha, wa, ba, rows_a = _check_head(p_hidden, p_weight, p_bias, "p_hidden", "p_weight", "p_bias")
+    hb, wb, bb, rows_b = _check_head(q_hidden, q_weight, q_bias, "q_hidden", "q_weight", "q_bias")
+    if rows_a != rows_b:
+        raise ValueError(
+            f"`p_hidden` and `q_hidden` must have the same rows, got {ha.shape} and {hb.shape}."
+        )
+    if wa.shape[1] != wb.shape[1]:
+        raise ValueError(
+            f"`p_weight` and `q_weight` must have the same number of classes V,"
+            f" got {wa.shape} and {wb.shape}."
+        )
+    vocab = wa.shape[1]
+    n = math.prod(rows_a)
+    dtypes = [x.dtype for x in (ha, wa, ba, hb, wb, bb) if x is not None]
+    cdt, out_dt = _checks.compute_dtype(*dtypes), _checks.output_dtype(*dtypes)
+    cfg, hp = _dist_setup(vocab, n, 2, block_size, 1, None, temperature, cdt, beta)
+    mdt_a = jnp.result_type(ha.dtype, wa.dtype)
+    mdt_b = jnp.result_type(hb.dtype, wb.dtype)
+    ha2 = ha.reshape(n, ha.shape[-1]).astype(mdt_a)
+    hb2 = hb.reshape(n, hb.shape[-1]).astype(mdt_b)
+    keep = _row_keep(where, rows_a, n, ha2)
+    args = (ha2, wa.astype(mdt_a), ba, hb2, wb.astype(mdt_b), bb, keep, hp)
+    return args, cfg, rows_a, out_dt
+
+
+def linear_kl_divergence(
+    p_hidden: ArrayLike,
+    p_weight: ArrayLike,
+    q_hidden: ArrayLike,
+    q_weight: ArrayLike,
+    *,
+    p_bias: ArrayLike | None = None,
+    q_bias: ArrayLike | None = None,
+    temperature: float | ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    block_size: int | None = None,
+) -> Array:
+    r"""KL divergence D(p || q) per token between two output heads, from hidden states.
+
+    With a = (h_p W_p + b_p) / T, b = (h_q W_q + b_q) / T, p = softmax(a), q = softmax(b):
+
+        D(p || q) = sum_j p_j (log p_j - log q_j)
+        dD/da_j = p_j (log p_j - log q_j - D),      dD/db_j = q_j - p_j
+
+    .. math::
+      D(p\|q) = \sum_j p_j \log\frac{p_j}{q_j}, \qquad
+      \frac{\partial D}{\partial a_j} = p_j\Big(\log\frac{p_j}{q_j} - D\Big), \qquad
+      \frac{\partial D}{\partial b_j} = q_j - p_j
+
+    For distillation without either head's ``[N, V]`` logits: one stream over
+    vocabulary blocks computes both heads' logits per block and accumulates
+    the engine's two-head moments (both maxima and sums of exponentials and
+    ``sum e^(a - m) ((a - m) - (b - m_b))``, float32), so
+    ``D = d / s - log s + log s_b``. The ``jax.custom_vjp`` keeps the two
+    logsumexps and ``D`` per row and recomputes the blocks in the backward
+    pass; gradients flow to all four arrays and both biases. The teacher is
+    usually the ``p`` head under ``jax.lax.stop_gradient`` (forward KL, as in
+    Hinton's distillation); the student as ``p`` gives the reverse KL.
+    ``0 log 0 = 0``; a class with ``p_j > 0`` and ``q_j = 0`` gives ``+inf``;
+    removed rows (``where``) and rows where ``p`` has no class give 0 with
+    gradient 0. No ``T**2`` factor: multiply by ``T**2`` yourself for Hinton's
+    convention.
+
+    Args:
+      p_hidden, p_weight: the ``p`` head: hidden states ``[N, D_p]`` (or
+        ``[..., D_p]``) and projection ``[D_p, V]``.
+      q_hidden, q_weight: the ``q`` head: ``[N, D_q]`` and ``[D_q, V]`` (the
+        same rows and classes; the hidden sizes may differ).
+      p_bias, q_bias: optional biases ``[V]``.
+      temperature: optional :math:`T > 0` dividing both heads' logits.
+      where: optional boolean row mask of the rows' shape.
+      block_size: vocabulary columns per block (``None``: the heuristic of
+        :func:`linear_cross_entropy`, for two heads).
+
+    Returns:
+      Per-token divergences of the rows' shape, in the promoted input dtype.
+
+    Raises:
+      TypeError: non-floating inputs.
+      ValueError: inconsistent shapes, ``temperature <= 0`` or a bad ``block_size``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> h = jnp.ones((1, 1))
+      >>> wp, wq = jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.9, 0.1]]))
+      >>> print(jnp.round(jaxent.linear_kl_divergence(h, wp, h, wq), 4))  # 0.5 log(0.5/0.9) + 0.5 log 5
+      [0.5108]
+
+    See also:
+      :func:`jaxent.kl_divergence_from_logits` (materialised logits),
+      :func:`linear_js_divergence`, :func:`vocab_parallel_kl_divergence`.
+    """
+    args, cfg, rows, out_dt = _two_heads(
+        p_hidden, p_weight, q_hidden, q_weight, p_bias, q_bias, where, block_size, temperature
+    )
+    return _linear_kl(*args, cfg).reshape(rows).astype(out_dt)
+
+
+def linear_js_divergence(
+    p_hidden: ArrayLike,
+    p_weight: ArrayLike,
+    q_hidden: ArrayLike,
+    q_weight: ArrayLike,
+    *,
+    beta: float | ArrayLike = 0.5,
+    normalized: bool = False,
+    p_bias: ArrayLike | None = None,
+    q_bias: ArrayLike | None = None,
+    temperature: float | ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    block_size: int | None = None,
+) -> Array:
+    r"""Generalised Jensen-Shannon divergence per token between two heads, from hidden states.
+
+    With p = softmax((h_p W_p + b_p) / T), q = softmax((h_q W_q + b_q) / T),
+    m = beta p + (1 - beta) q:
+
+        JS_beta = beta D(p || m) + (1 - beta) D(q || m)
+        normalized=True: JS_beta / (beta (1 - beta)); D(p || q) at beta = 0, D(q || p) at beta = 1
+
+    .. math::
+      \mathrm{JS}_\beta = \beta D(p\|m) + (1-\beta) D(q\|m), \qquad m = \beta p + (1-\beta) q
+
+    The definition, ``beta`` and ``normalized`` of
+    :func:`jaxent.js_divergence_from_logits` (GKD's generalised JSD, TRL's
+    ``generalized_jsd_loss``), with the same per-entry terms
+    (``log(m/p)`` through ``log1p``/``expm1``: exactly 0 for identical heads,
+    never negative). The mixture needs both heads' normalisers, so the
+    forward pass streams over the vocabulary blocks twice (the logsumexps,
+    then the divergence); the backward pass recomputes each block once more.
+    Memory O(N * block_size), never ``[N, V]``; gradients to all four arrays
+    and both biases (``jax.custom_vjp``, reverse mode). Removed rows give 0.
+
+    Args:
+      p_hidden, p_weight: the ``p`` head (``[N, D_p]``, ``[D_p, V]``).
+      q_hidden, q_weight: the ``q`` head (``[N, D_q]``, ``[D_q, V]``).
+      beta: the mixture weight, in ``[0, 1]``.
+      normalized: divide by :math:`\beta(1-\beta)` (a Python bool).
+      p_bias, q_bias: optional biases ``[V]``.
+      temperature: optional :math:`T > 0` dividing both heads' logits.
+      where: optional boolean row mask.
+      block_size: vocabulary columns per block (``None``: heuristic).
+
+    Returns:
+      Per-token divergences of the rows' shape, in the promoted input dtype.
+
+    Raises:
+      TypeError: non-floating inputs, ``normalized`` not a bool.
+      ValueError: inconsistent shapes, ``beta`` outside ``[0, 1]``,
+        ``temperature <= 0`` or a bad ``block_size``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> h, w = jnp.ones((1, 2)), jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+      >>> print(jaxent.linear_js_divergence(h, w, h, w))  # identical heads
+      [0.]
+
+    See also:
+      :func:`jaxent.js_divergence_from_logits`, :func:`linear_kl_divergence`.
+    """
+    from jaxent._divergences import _check_beta, _check_normalized
+
+    _check_beta(beta)
+    _check_normalized(normalized)
+    args, cfg, rows, out_dt = _two_heads(
+        p_hidden, p_weight, q_hidden, q_weight, p_bias, q_bias, where, block_size, temperature, beta
+    )
+    cfg = cfg._replace(normalized=bool(normalized))
+    return _linear_js(*args, cfg).reshape(rows).astype(out_dt)
+
+
+def _vp_setup(logits_shard: Array, name: str, axis_name: Any, shards: int):
+    logits_shard = _checks.check_floating(logits_shard, name)
+    if logits_shard.ndim < 1:
+        raise ValueError(f"`{name}` must have a class axis (shape [..., V_local]).")
+    _check_sharded_over(logits_shard, axis_name, shards, name)
+    return logits_shard
+
+
+def vocab_parallel_log_prob_and_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis_name: Any,
+    *,
+    temperature: float | ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> tuple[Array, Array]:
+    r""":func:`linear_log_prob_and_entropy` of logits whose class axis is sharded over devices.
+
+    For use inside ``shard_map``: ``logits`` ``[..., V/k]`` is this device's
+    contiguous slice of the class axis (last axis) over the mesh axis
+    ``axis_name`` of size k; ``labels`` are global class indices, the same on
+    every device of the axis. Two collectives, one ``pmax`` of the row max
+    and one ``psum`` of the rebased moments ``(s, e, z_y)``:
+
+        lse = M + log S,  log_prob = z_y - lse,  H = log S - E / S
+
+    and a local, closed-form backward pass (no collective). Sharding:
+    ``in_specs=(P(None, axis_name), P())`` for ``[N, V]`` logits and ``[N]``
+    labels (``P("dp", "tp")`` and ``P("dp")`` with a data axis); replicated
+    logits raise ``ValueError`` under ``shard_map``'s default ``check_vma``.
+    Conventions as :func:`linear_log_prob_and_entropy`.
+
+    Args:
+      logits: this device's slice ``[..., V_local]`` of the logits.
+      labels: global integer class indices of shape ``logits.shape[:-1]``.
+      axis_name: the mesh axis the class axis is sharded over.
+      temperature: optional :math:`T > 0` dividing the logits.
+      where: optional boolean row mask of the shape of ``labels``.
+
+    Returns:
+      ``(log_prob, entropy)`` of the shape of ``labels``, the same on every
+      device of ``axis_name``, in the dtype of ``logits``.
+
+    Raises:
+      ValueError: ``axis_name`` unbound or ``None``, replicated logits,
+        inconsistent shapes, ``temperature <= 0``.
+      TypeError: non-floating logits, non-integer labels, a bad ``axis_name``.
+
+    Example:
+      >>> from functools import partial
+      >>> import jax, jax.numpy as jnp, jaxent
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> f = jax.jit(jax.shard_map(
+      ...     partial(jaxent.vocab_parallel_log_prob_and_entropy, axis_name="tp"),
+      ...     mesh=mesh, in_specs=(P(None, "tp"), P()), out_specs=(P(), P())))
+      >>> lp, ent = f(jnp.zeros((2, 4)), jnp.array([0, 3]))
+      >>> print(jnp.round(lp, 4), jnp.round(ent, 4))
+      [-1.3863 -1.3863] [1.3863 1.3863]
+    """
+    shards = _checks.check_axis_name(axis_name)
+    z = _vp_setup(logits, "logits", axis_name, shards)
+    labels = _checks.check_labels(labels, "labels")
+    row_shape = z.shape[:-1]
+    if labels.shape != row_shape:
+        raise ValueError(
+            f"`labels` must have shape {row_shape} (`logits` without its class axis),"
+            f" got {labels.shape}."
+        )
+    v_local = z.shape[-1]
+    cdt = _checks.compute_dtype(z.dtype)
+    cfg, hp = _dist_setup(v_local, 0, 1, None, shards, axis_name, temperature, cdt)
+    n = math.prod(row_shape)
+    z2 = z.reshape(n, v_local)
+    where2 = None if where is None else _checks.check_mask(where, row_shape).reshape(n)
+    lab, rw = _row_weight(labels.reshape(n), where2, None, v_local * shards, cdt, z2)
+    lp, ent = _vp_lpent(z2, lab, rw, hp, cfg)
+    return lp.reshape(row_shape).astype(z.dtype), ent.reshape(row_shape).astype(z.dtype)
+
+
+def vocab_parallel_kl_divergence(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    axis_name: Any,
+    *,
+    temperature: float | ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> Array:
+    r"""D(softmax(p_logits) || softmax(q_logits)) with the class axis sharded over devices.
+
+    For use inside ``shard_map``: both ``[..., V/k]`` arguments are this
+    device's slices of the class axis (last axis) over ``axis_name``. Two
+    collectives, one ``pmax`` of both heads' row maxima and one ``psum`` of
+    the rebased moments ``(s_a, s_b, d)``:
+
+        D(p || q) = d / s_a - log s_a + log s_b,   d = sum e^(a - M_a) ((a - M_a) - (b - M_b))
+
+    and a local closed-form backward pass: ``dD/da = p (log p - log q - D)``,
+    ``dD/db = q - p``. Conventions as :func:`linear_kl_divergence`.
+
+    Args:
+      p_logits: this device's slice ``[..., V_local]`` of the ``p`` logits.
+      q_logits: the same slice of the ``q`` logits (same shape).
+      axis_name: the mesh axis the class axis is sharded over.
+      temperature: optional :math:`T > 0` dividing both.
+      where: optional boolean row mask of the rows' shape.
+
+    Returns:
+      Per-row divergences (the logits' shape without the class axis), the same
+      on every device of ``axis_name``, in the promoted dtype of the logits.
+
+    Raises:
+      ValueError: ``axis_name`` unbound or ``None``, replicated logits,
+        different shapes, ``temperature <= 0``.
+      TypeError: non-floating logits, a bad ``axis_name``.
+
+    Example:
+      >>> from functools import partial
+      >>> import jax, jax.numpy as jnp, jaxent
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> f = jax.jit(jax.shard_map(
+      ...     partial(jaxent.vocab_parallel_kl_divergence, axis_name="tp"),
+      ...     mesh=mesh, in_specs=(P(None, "tp"), P(None, "tp")), out_specs=P()))
+      >>> a = jnp.log(jnp.array([[0.5, 0.5]]))
+      >>> b = jnp.log(jnp.array([[0.9, 0.1]]))
+      >>> print(jnp.round(f(a, b), 4))
+      [0.5108]
+    """
+    shards = _checks.check_axis_name(axis_name)
+    za = _vp_setup(p_logits, "p_logits", axis_name, shards)
+    zb = _vp_setup(q_logits, "q_logits", axis_name, shards)
+    if za.shape != zb.shape:
+        raise ValueError(
+            f"`p_logits` and `q_logits` must have the same shape, got {za.shape} and {zb.shape}."
+        )
+    row_shape, v_local = za.shape[:-1], za.shape[-1]
+    cdt = _checks.compute_dtype(za.dtype, zb.dtype)
+    out_dt = _checks.output_dtype(za.dtype, zb.dtype)
+    cfg, hp = _dist_setup(v_local, 0, 2, None, shards, axis_name, temperature, cdt)
+    n = math.prod(row_shape)
+    za2, zb2 = za.reshape(n, v_local), zb.reshape(n, v_local)
+    keep = _row_keep(where, row_shape, n, za2)
+    return _vp_kl(za2, zb2, keep, hp, cfg).reshape(row_shape).astype(out_dt)

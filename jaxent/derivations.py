@@ -223,7 +223,9 @@ def derivation(
 
 
 def _qualified(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', repr(fn))}".lstrip(".")
+    return f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', repr(fn))}".lstrip(
+        "."
+    )
 
 
 # =========================================================================== plain definitions
@@ -782,20 +784,46 @@ def _grad_kl_pq(a: Array, b: Array) -> Array:
 
 
 _KL_EXPECTED = (
-    ("k1", "loss", "E[grad k1] = 0", r"\mathbb E_\pi[\nabla k_1] = 0",
-     lambda a, b: jnp.zeros_like(a), lambda a, b: 0.0 * jnp.sum(a)),
-    ("k1", "reward", "E[k1 grad log pi] = grad D(pi||ref) = p (log p - log q - D)",
-     r"\mathbb E_\pi[k_1\nabla\log\pi] = \nabla D(\pi\|\pi_\mathrm{ref})",
-     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
-    ("k2", "loss", "E[grad k2] = grad D(pi||ref) = p (log p - log q - D)",
-     r"\mathbb E_\pi[\nabla k_2] = \nabla D(\pi\|\pi_\mathrm{ref})",
-     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
-    ("k3", "loss", "E[grad k3] = grad D(ref||pi) = p - q",
-     r"\mathbb E_\pi[\nabla k_3] = \nabla D(\pi_\mathrm{ref}\|\pi) = \pi - \pi_\mathrm{ref}",
-     lambda a, b: jaxent.softmax(a) - jaxent.softmax(b), lambda a, b: _kl_logits_plain(b, a, None)),
-    ("k3+", "loss", "E[grad k3+] = grad D(pi||ref) = p (log p - log q - D)",
-     r"\mathbb E_\pi[\nabla k_{3+}] = \nabla D(\pi\|\pi_\mathrm{ref})",
-     _grad_kl_pq, lambda a, b: _kl_logits_plain(a, b, None)),
+    (
+        "k1",
+        "loss",
+        "E[grad k1] = 0",
+        r"\mathbb E_\pi[\nabla k_1] = 0",
+        lambda a, b: jnp.zeros_like(a),
+        lambda a, b: 0.0 * jnp.sum(a),
+    ),
+    (
+        "k1",
+        "reward",
+        "E[k1 grad log pi] = grad D(pi||ref) = p (log p - log q - D)",
+        r"\mathbb E_\pi[k_1\nabla\log\pi] = \nabla D(\pi\|\pi_\mathrm{ref})",
+        _grad_kl_pq,
+        lambda a, b: _kl_logits_plain(a, b, None),
+    ),
+    (
+        "k2",
+        "loss",
+        "E[grad k2] = grad D(pi||ref) = p (log p - log q - D)",
+        r"\mathbb E_\pi[\nabla k_2] = \nabla D(\pi\|\pi_\mathrm{ref})",
+        _grad_kl_pq,
+        lambda a, b: _kl_logits_plain(a, b, None),
+    ),
+    (
+        "k3",
+        "loss",
+        "E[grad k3] = grad D(ref||pi) = p - q",
+        r"\mathbb E_\pi[\nabla k_3] = \nabla D(\pi_\mathrm{ref}\|\pi) = \pi - \pi_\mathrm{ref}",
+        lambda a, b: jaxent.softmax(a) - jaxent.softmax(b),
+        lambda a, b: _kl_logits_plain(b, a, None),
+    ),
+    (
+        "k3+",
+        "loss",
+        "E[grad k3+] = grad D(pi||ref) = p (log p - log q - D)",
+        r"\mathbb E_\pi[\nabla k_{3+}] = \nabla D(\pi\|\pi_\mathrm{ref})",
+        _grad_kl_pq,
+        lambda a, b: _kl_logits_plain(a, b, None),
+    ),
 )
 
 for _est, _where, _formula, _tex, _cf_fn, _plain_fn in _KL_EXPECTED:
@@ -811,8 +839,12 @@ for _est, _where, _formula, _tex, _cf_fn, _plain_fn in _KL_EXPECTED:
             sample=lambda rng: (_logits(rng), _logits(rng)),
             convention=(
                 "on policy, by exact enumeration over K = 5 classes: pi = softmax(a), the"
-                " sampler held constant; " + ("k in the reward multiplies the score"
-                " grad log pi (k detached)." if _where == "reward" else "k as a loss.")
+                " sampler held constant; "
+                + (
+                    "k in the reward multiplies the score grad log pi (k detached)."
+                    if _where == "reward"
+                    else "k as a loss."
+                )
             ),
             second_order=False,  # a surrogate's Hessian is not the objective's
             surrogate=True,
@@ -1900,5 +1932,213 @@ register(
         argnums=(0,),
         sample=lambda rng: (_members(rng),),
         convention="BALD: H(mean_m p_m) - mean_m H(p_m), members on axis 0; nats.",
+    )
+)
+
+
+# =========================================================================== from hidden states, vocabulary shards (issue 13)
+
+_T_LV, _BETA_LV, _D2 = 1.5, 0.3, 4
+
+
+def _lpent_dz(z: Array, label: Array, which: str) -> Array:
+    """d(log_prob)/dz = e_y - p, or dH/dz = p (-log p - H), of softmax(z)."""
+    p, lp = jaxent.softmax(z), jaxent.log_softmax(z)
+    if which == "log_prob":
+        return _onehot(label) - p
+    return p * (-lp - jnp.sum(-p * lp))
+
+
+def _linear_lpent_cf(which: str) -> Callable[..., tuple[Array, Array]]:
+    def cf(h: Array, w: Array, label: Array) -> tuple[Array, Array]:
+        du = _lpent_dz(h @ w / _T_LV, label, which) / _T_LV
+        return w @ du, jnp.outer(h, du)
+
+    return cf
+
+
+def _lpent_plain(z: Array, label: Array, which: str) -> Array:
+    lp = _plain_log_softmax(z)
+    return lp[label] if which == "log_prob" else -jnp.sum(jnp.exp(lp) * lp)
+
+
+for _which in ("log_prob", "entropy"):
+    register(
+        Derivation(
+            name=f"linear_log_prob_and_entropy[{_which}]",
+            formula=(
+                "dL/dh = W g / T ; dL/dW = h g^T / T ; "
+                + ("g = e_y - p" if _which == "log_prob" else "g = p (-log p - H)")
+            ),
+            latex=r"g = "
+            + (r"e_y - p" if _which == "log_prob" else r"p\,(-\log p - H)")
+            + r",\quad \nabla_h = W g / T,\quad \nabla_W = h g^\top / T",
+            function=jax.jit(
+                lambda h, w, label, _i=int(_which == "entropy"): jaxent.linear_log_prob_and_entropy(
+                    h, w, label, temperature=_T_LV, block_size=2
+                )[_i]
+            ),
+            closed_form=_cf(_linear_lpent_cf(_which)),
+            plain=lambda h, w, label, _w=_which: _lpent_plain(h @ w / _T_LV, label, _w),
+            argnums=(0, 1),
+            sample=lambda rng: (rng.normal(size=_D), rng.normal(size=(_D, K)), rng.integers(0, K)),
+            convention="z = h W / T with T = 1.5; block_size = 2 (ragged last block).",
+            forward_mode=False,
+            function_name="jaxent.linear_log_prob_and_entropy",
+        )
+    )
+
+
+def _two_head_logits(hp: Array, wp: Array, hq: Array, wq: Array) -> tuple[Array, Array]:
+    return hp @ wp / _T_LV, hq @ wq / _T_LV
+
+
+def _chain_heads(hp, wp, hq, wq, da, db):
+    da, db = da / _T_LV, db / _T_LV
+    return wp @ da, jnp.outer(hp, da), wq @ db, jnp.outer(hq, db)
+
+
+def _linear_kl_cf(hp: Array, wp: Array, hq: Array, wq: Array) -> tuple[Array, ...]:
+    a, b = _two_head_logits(hp, wp, hq, wq)
+    p, q = jaxent.softmax(a), jaxent.softmax(b)
+    ratio = jaxent.log_softmax(a) - jaxent.log_softmax(b)
+    return _chain_heads(hp, wp, hq, wq, p * (ratio - jnp.sum(p * ratio)), q - p)
+
+
+def _two_head_sample(rng: np.random.Generator) -> tuple[Any, ...]:
+    return (
+        rng.normal(size=_D),
+        rng.normal(size=(_D, K)),
+        rng.normal(size=_D2),
+        rng.normal(size=(_D2, K)),
+    )
+
+
+register(
+    Derivation(
+        name="linear_kl_divergence",
+        formula="dD/da = p (log p - log q - D) ; dD/db = q - p ; a = h_p W_p / T, b = h_q W_q / T",
+        latex=r"\nabla_a D = p\,(\log p - \log q - D),\quad \nabla_b D = q - p,"
+        r"\quad a = h_p W_p / T,\ b = h_q W_q / T",
+        function=jax.jit(
+            lambda hp, wp, hq, wq: jaxent.linear_kl_divergence(
+                hp, wp, hq, wq, temperature=_T_LV, block_size=2
+            )
+        ),
+        closed_form=_linear_kl_cf,
+        plain=lambda hp, wp, hq, wq: _plain_kl(
+            *(_plain_softmax(x) for x in _two_head_logits(hp, wp, hq, wq))
+        ),
+        argnums=(0, 1, 2, 3),
+        sample=_two_head_sample,
+        convention="two heads of hidden sizes 3 and 4, T = 1.5, block_size = 2.",
+        forward_mode=False,
+    )
+)
+
+
+def _linear_js_cf(hp: Array, wp: Array, hq: Array, wq: Array) -> tuple[Array, ...]:
+    a, b = _two_head_logits(hp, wp, hq, wq)
+    p, q = jaxent.softmax(a), jaxent.softmax(b)
+    log_m = jnp.log(_BETA_LV * p + (1 - _BETA_LV) * q)
+    gp = _BETA_LV * (jaxent.log_softmax(a) - log_m)
+    gq = (1 - _BETA_LV) * (jaxent.log_softmax(b) - log_m)
+    return _chain_heads(hp, wp, hq, wq, p * (gp - jnp.sum(p * gp)), q * (gq - jnp.sum(q * gq)))
+
+
+register(
+    Derivation(
+        name="linear_js_divergence",
+        formula="dJS/da = p (g_p - <p, g_p>), g_p = beta log(p/m) ; dJS/db likewise with"
+        " (1 - beta) log(q/m) ; m = beta p + (1 - beta) q",
+        latex=r"\nabla_a \mathrm{JS} = p\,(g_p - \langle p, g_p\rangle),\ g_p = \beta\log\frac{p}{m};"
+        r"\ \nabla_b \mathrm{JS} = q\,(g_q - \langle q, g_q\rangle),\ g_q = (1-\beta)\log\frac{q}{m}",
+        function=jax.jit(
+            lambda hp, wp, hq, wq: jaxent.linear_js_divergence(
+                hp, wp, hq, wq, beta=_BETA_LV, temperature=_T_LV, block_size=2
+            )
+        ),
+        closed_form=_linear_js_cf,
+        plain=lambda hp, wp, hq, wq: _plain_js(
+            *(_plain_softmax(x) for x in _two_head_logits(hp, wp, hq, wq)), _BETA_LV
+        ),
+        argnums=(0, 1, 2, 3),
+        sample=_two_head_sample,
+        convention="beta = 0.3, T = 1.5, block_size = 2; two passes over the blocks.",
+        forward_mode=False,
+    )
+)
+
+
+@jax.jit
+def _vp_lpent(z: Array, label: Array) -> Array:
+    from jax.sharding import PartitionSpec as P
+
+    f = jax.shard_map(
+        lambda zz, yy: jaxent.vocab_parallel_log_prob_and_entropy(zz, yy, "tp", temperature=_T_LV),
+        mesh=_tp_mesh(),
+        in_specs=(P(None, "tp"), P()),
+        out_specs=(P(), P()),
+    )
+    lp, ent = f(z[None], jnp.reshape(label, (1,)))
+    return lp[0] + 0.5 * ent[0]
+
+
+def _vp_lpent_cf(z: Array, label: Array) -> Array:
+    zt = z / _T_LV
+    return (_lpent_dz(zt, label, "log_prob") + 0.5 * _lpent_dz(zt, label, "entropy")) / _T_LV
+
+
+register(
+    Derivation(
+        name="vocab_parallel_log_prob_and_entropy",
+        formula="d(log_prob + H/2)/dz = ((e_y - p) + p (-log p - H) / 2) / T",
+        latex=r"\nabla_z (\log p_y + \tfrac12 H) = \big(e_y - p + \tfrac12 p(-\log p - H)\big)/T",
+        function=_vp_lpent,
+        closed_form=_cf(_vp_lpent_cf),
+        plain=lambda z, label: (
+            _lpent_plain(z / _T_LV, label, "log_prob")
+            + 0.5 * _lpent_plain(z / _T_LV, label, "entropy")
+        ),
+        argnums=(0,),
+        sample=lambda rng: (_logits(rng), rng.integers(0, K)),
+        convention="shard_map over a 1-device mesh; both outputs (log_prob + entropy / 2), T = 1.5.",
+        forward_mode=False,
+    )
+)
+
+
+@jax.jit
+def _vp_kl(a: Array, b: Array) -> Array:
+    from jax.sharding import PartitionSpec as P
+
+    f = jax.shard_map(
+        lambda x, y: jaxent.vocab_parallel_kl_divergence(x, y, "tp", temperature=_T_LV),
+        mesh=_tp_mesh(),
+        in_specs=(P(None, "tp"), P(None, "tp")),
+        out_specs=P(),
+    )
+    return f(a[None], b[None])[0]
+
+
+def _vp_kl_cf(a: Array, b: Array) -> tuple[Array, Array]:
+    at, bt = a / _T_LV, b / _T_LV
+    p, q = jaxent.softmax(at), jaxent.softmax(bt)
+    ratio = jaxent.log_softmax(at) - jaxent.log_softmax(bt)
+    return p * (ratio - jnp.sum(p * ratio)) / _T_LV, (q - p) / _T_LV
+
+
+register(
+    Derivation(
+        name="vocab_parallel_kl_divergence",
+        formula="dD/da = p (log p - log q - D) / T ; dD/db = (q - p) / T",
+        latex=r"\nabla_a D = p\,(\log p - \log q - D)/T,\quad \nabla_b D = (q - p)/T",
+        function=_vp_kl,
+        closed_form=_vp_kl_cf,
+        plain=lambda a, b: _plain_kl(_plain_softmax(a / _T_LV), _plain_softmax(b / _T_LV)),
+        argnums=(0, 1),
+        sample=lambda rng: (_logits(rng), _logits(rng)),
+        convention="shard_map over a 1-device mesh; T = 1.5.",
+        forward_mode=False,
     )
 )

@@ -521,6 +521,228 @@ def vocab_parallel_explicit_mesh() -> None:
         _close(a, b, rtol=1e-5, what="linear gradient")
 
 
+# --------------------------------------------------------------------------- issue 13
+# Log-prob/entropy and KL with the class axis sharded, against numpy float64.
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    m = np.max(z, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return z - (m + np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True)))
+
+
+def _np_lpent(z, y, t, keep, g_lp, g_ent):
+    """(log_prob, entropy) and d(sum g_lp lp + g_ent H)/dz of softmax(z / t), numpy float64."""
+    ls = _np_log_softmax(np.asarray(z, np.float64) / t)
+    p = np.exp(ls)
+    n = len(y)
+    live = keep & np.isfinite(ls).any(-1)
+    lp = np.where(live, ls[np.arange(n), y], 0.0)
+    plogp = np.where(p > 0, p * np.where(p > 0, ls, 0.0), 0.0)
+    ent = np.where(live, -plogp.sum(-1), 0.0)
+    g_lp, g_ent = np.where(live, g_lp, 0.0), np.where(live, g_ent, 0.0)
+    onehot = np.eye(z.shape[-1])[y]
+    dent = np.where(p > 0, p * (np.where(p > 0, -ls, 0.0) - ent[:, None]), 0.0)
+    dz = (g_lp[:, None] * (onehot - p) + g_ent[:, None] * dent) / t
+    return lp, ent, dz
+
+
+def _np_kl(a, b, t, keep, g):
+    la = _np_log_softmax(np.asarray(a, np.float64) / t)
+    lb = _np_log_softmax(np.asarray(b, np.float64) / t)
+    p, q = np.exp(la), np.exp(lb)
+    kl = np.where(p > 0, p * np.where(p > 0, la - lb, 0.0), 0.0).sum(-1)
+    kl = np.where(keep, kl, 0.0)
+    g = np.where(keep, g, 0.0)[:, None]
+    da = g * np.where(p > 0, p * (np.where(p > 0, la - lb, 0.0) - kl[:, None]), 0.0) / t
+    db = g * (q - p) / t
+    return kl, da, db
+
+
+def _count_collectives(text: str) -> int:
+    return text.count("all_reduce") + text.count("all-reduce")
+
+
+DIST_OPTIONS = {"plain": {}, "temperature_where": {"temperature": 1.7, "where": True}}
+
+
+def _dist_problem(seed, option, dtype=jnp.float32, n=N):
+    rng = np.random.default_rng(seed)
+    a = (rng.normal(size=(n, K)) * 3).astype(np.float32)
+    b = (rng.normal(size=(n, K)) * 3).astype(np.float32)
+    y = rng.integers(0, K, size=n).astype(np.int32)
+    kw = dict(DIST_OPTIONS[option])
+    keep = rng.random(n) > 0.3 if kw.pop("where", False) else np.ones(n, bool)
+    g1, g2 = rng.uniform(0.5, 1.5, size=(2, n)).astype(np.float32)
+    return a, b, y, keep, kw, g1, g2
+
+
+def _vp_lpent_check(option: str) -> None:
+    a, _, y, keep, kw, g1, g2 = _dist_problem(11, option)
+    t = kw.get("temperature", 1.0)
+    mesh = _mesh((8,), ("tp",))
+
+    def body(z, y, keep):
+        return jaxent.vocab_parallel_log_prob_and_entropy(z, y, "tp", where=keep, **kw)
+
+    f = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=(P(None, "tp"), P(), P()), out_specs=(P(), P()))
+    )
+
+    def total(z):
+        lp, ent = f(z, jnp.asarray(y), jnp.asarray(keep))
+        return jnp.sum(lp * g1) + jnp.sum(ent * g2)
+
+    lp, ent = f(jnp.asarray(a), jnp.asarray(y), jnp.asarray(keep))
+    lp_ref, ent_ref, dz_ref = _np_lpent(a, y, t, keep, g1, g2)
+    _close(lp, lp_ref, rtol=1e-6, what="log_prob")
+    _close(ent, ent_ref, rtol=1e-6, what="entropy")
+    _close(jax.grad(total)(jnp.asarray(a)), dz_ref, rtol=1e-6, what="gradient")
+    fwd = f.lower(jnp.asarray(a), jnp.asarray(y), jnp.asarray(keep)).as_text()
+    assert _count_collectives(fwd) <= 2, f"{_count_collectives(fwd)} collectives forward"
+    both = jax.jit(jax.grad(total)).lower(jnp.asarray(a)).as_text()
+    assert _count_collectives(both) <= 2, f"{_count_collectives(both)} collectives fwd+bwd"
+
+
+def _vp_kl_check(option: str) -> None:
+    a, b, _, keep, kw, g1, _ = _dist_problem(12, option)
+    t = kw.get("temperature", 1.0)
+    mesh = _mesh((8,), ("tp",))
+
+    def body(a, b, keep):
+        return jaxent.vocab_parallel_kl_divergence(a, b, "tp", where=keep, **kw)
+
+    f = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=(P(None, "tp"),) * 2 + (P(),), out_specs=P())
+    )
+    args = (jnp.asarray(a), jnp.asarray(b), jnp.asarray(keep))
+
+    def total(a, b):
+        return jnp.sum(f(a, b, args[2]) * g1)
+
+    kl_ref, da_ref, db_ref = _np_kl(a, b, t, keep, g1)
+    _close(f(*args), kl_ref, rtol=1e-6, what="kl")
+    da, db = jax.grad(total, (0, 1))(args[0], args[1])
+    _close(da, da_ref, rtol=1e-6, what="d/dp_logits")
+    _close(db, db_ref, rtol=1e-6, what="d/dq_logits")
+    # the distillation case: only the student (q) differentiated
+    db_only = jax.grad(lambda b: total(jax.lax.stop_gradient(args[0]), b))(args[1])
+    _close(db_only, db_ref, rtol=1e-6, what="student-only gradient")
+    fwd = f.lower(*args).as_text()
+    assert _count_collectives(fwd) <= 2, f"{_count_collectives(fwd)} collectives forward"
+    both = jax.jit(jax.grad(total, (0, 1))).lower(args[0], args[1]).as_text()
+    assert _count_collectives(both) <= 2, f"{_count_collectives(both)} collectives fwd+bwd"
+
+
+for _opt in DIST_OPTIONS:
+    CHECKS[f"vocab_parallel_log_prob_and_entropy[{_opt}]"] = partial(_vp_lpent_check, _opt)
+    CHECKS[f"vocab_parallel_kl_divergence[{_opt}]"] = partial(_vp_kl_check, _opt)
+
+
+@check
+def vocab_parallel_divergences_2d_mesh_bfloat16() -> None:
+    """dp (2) x tp (4) mesh, bfloat16 logits: both functions against numpy on the rounded inputs."""
+    a, b, y, keep, _, g1, g2 = _dist_problem(13, "plain")
+    a16, b16 = jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)
+    a64, b64 = (np.asarray(x.astype(jnp.float32), np.float64) for x in (a16, b16))
+    mesh = _mesh((2, 4), ("dp", "tp"))
+    lpent = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_log_prob_and_entropy, axis_name="tp"),
+            mesh=mesh,
+            in_specs=(P("dp", "tp"), P("dp")),
+            out_specs=(P("dp"), P("dp")),
+        )
+    )
+    kl = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_kl_divergence, axis_name="tp"),
+            mesh=mesh,
+            in_specs=(P("dp", "tp"), P("dp", "tp")),
+            out_specs=P("dp"),
+        )
+    )
+    lp, ent = lpent(a16, jnp.asarray(y))
+    assert lp.dtype == ent.dtype == jnp.bfloat16
+    lp_ref, ent_ref, dz_ref = _np_lpent(a64, y, 1.0, keep | True, g1, g2)
+    _close(lp, lp_ref, rtol=1e-2, what="bf16 log_prob")
+    _close(ent, ent_ref, rtol=1e-2, what="bf16 entropy")
+    dz = jax.grad(
+        lambda z: (
+            jnp.sum(lpent(z, jnp.asarray(y))[0].astype(jnp.float32) * g1)
+            + jnp.sum(lpent(z, jnp.asarray(y))[1].astype(jnp.float32) * g2)
+        )
+    )(a16)
+    _close(dz, dz_ref, rtol=2e-2, what="bf16 log_prob/entropy gradient")
+    kl_ref, da_ref, db_ref = _np_kl(a64, b64, 1.0, np.ones(N, bool), g1)
+    _close(kl(a16, b16), kl_ref, rtol=1e-2, what="bf16 kl")
+    da, db = jax.grad(lambda a, b: jnp.sum(kl(a, b).astype(jnp.float32) * g1), (0, 1))(a16, b16)
+    _close(da, da_ref, rtol=2e-2, what="bf16 kl d/da")
+    _close(db, db_ref, rtol=2e-2, what="bf16 kl d/db")
+
+
+@check
+def vocab_parallel_divergences_edge_rows() -> None:
+    """A shard whose logits are all -inf, a fully -inf row, a label on a -inf logit."""
+    a, b, y, _, _, g1, g2 = _dist_problem(14, "plain")
+    a[:, :3] = -np.inf  # the first shard (K / 8 = 3 columns) is ruled out everywhere
+    a[4] = -np.inf  # no class left in row 4
+    y[2] = 1  # a label on a -inf logit: log_prob = -inf
+    b[:, :3] = -np.inf
+    b[4] = -np.inf
+    keep = np.ones(N, bool)
+    mesh = _mesh((8,), ("tp",))
+    lpent = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_log_prob_and_entropy, axis_name="tp"),
+            mesh=mesh,
+            in_specs=(P(None, "tp"), P()),
+            out_specs=(P(), P()),
+        )
+    )
+    lp, ent = lpent(jnp.asarray(a), jnp.asarray(y))
+    lp_ref, ent_ref, dz_ref = _np_lpent(a, y, 1.0, keep, g1, g2)
+    assert float(lp[2]) == -np.inf and float(lp[4]) == 0.0 and float(ent[4]) == 0.0
+    fin = np.isfinite(lp_ref)
+    _close(np.asarray(lp)[fin], lp_ref[fin], rtol=1e-6, what="edge log_prob")
+    _close(ent, ent_ref, rtol=1e-6, what="edge entropy")
+    dz = jax.grad(lambda z: jnp.sum(lpent(z, jnp.asarray(y))[1] * g2))(jnp.asarray(a))
+    assert np.all(np.isfinite(np.asarray(dz)))
+    kl = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_kl_divergence, axis_name="tp"),
+            mesh=mesh,
+            in_specs=(P(None, "tp"), P(None, "tp")),
+            out_specs=P(),
+        )
+    )
+    kl_ref, _, _ = _np_kl(a, b, 1.0, keep, g1)
+    got = kl(jnp.asarray(a), jnp.asarray(b))
+    assert float(got[4]) == 0.0
+    _close(got, kl_ref, rtol=1e-6, what="edge kl")
+    grads = jax.grad(lambda a, b: jnp.sum(kl(a, b)), (0, 1))(jnp.asarray(a), jnp.asarray(b))
+    for g in grads:
+        assert np.all(np.isfinite(np.asarray(g))), "non-finite KL gradient"
+
+
+@check
+def vocab_parallel_temperature_on_cross_entropy() -> None:
+    z, y, _, _ = _vp_problem(15, "plain")
+    mesh = _mesh((8,), ("tp",))
+    f = jax.jit(
+        jax.shard_map(
+            partial(jaxent.vocab_parallel_cross_entropy, axis_name="tp", temperature=2.5),
+            mesh=mesh,
+            in_specs=(P(None, "tp"), P()),
+            out_specs=P(),
+        )
+    )
+    ls = _np_log_softmax(np.asarray(z, np.float64) / 2.5)
+    _close(f(z, y), -ls[np.arange(N), np.asarray(y)], rtol=1e-6, what="temperature")
+
+
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     results = {}

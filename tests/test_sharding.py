@@ -53,6 +53,13 @@ EXPECTED += [
     "vocab_parallel_edge_rows",
     "vocab_parallel_misuse",
     "vocab_parallel_explicit_mesh",
+    "vocab_parallel_log_prob_and_entropy[plain]",
+    "vocab_parallel_log_prob_and_entropy[temperature_where]",
+    "vocab_parallel_kl_divergence[plain]",
+    "vocab_parallel_kl_divergence[temperature_where]",
+    "vocab_parallel_divergences_2d_mesh_bfloat16",
+    "vocab_parallel_divergences_edge_rows",
+    "vocab_parallel_temperature_on_cross_entropy",
 ]
 
 
