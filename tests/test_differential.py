@@ -417,25 +417,31 @@ def test_kl_and_js_of_nearly_equal_distributions(x64, delta):
         assert_close(jaxent.js_divergence(pj, qj), js, sc, dt, 6, f"js delta={delta}")
 
 
+def _mp_kl_from_logits(zp, zq):
+    """D(softmax zp || softmax zq) per row at 50 digits, from the exact inputs."""
+    mpmath = pytest.importorskip("mpmath")
+    out = []
+    with mpmath.workdps(50):
+        for a, b in zip(zp, zq, strict=True):
+            a = [mpmath.mpf(float(x)) for x in a]
+            b = [mpmath.mpf(float(x)) for x in b]
+            la = mpmath.log(mpmath.fsum(mpmath.exp(x) for x in a))
+            lb = mpmath.log(mpmath.fsum(mpmath.exp(x) for x in b))
+            terms = (mpmath.exp(x - la) * ((x - la) - (y - lb)) for x, y in zip(a, b, strict=True))
+            out.append(LD(str(mpmath.fsum(terms))))
+    return np.array(out, LD)
+
+
 @X64
 @pytest.mark.parametrize("name", ["kl_divergence_from_logits", "js_divergence_from_logits"])
 @pytest.mark.parametrize("delta", [1e-2, 1e-4, 1e-6, 1e-9])
-def test_divergences_from_logits_of_nearly_equal_distributions(request, x64, name, delta):
+@pytest.mark.parametrize("offset", [0.0, 5.0])
+def test_divergences_from_logits_of_nearly_equal_distributions(x64, name, delta, offset):
     """The same from logits: log_softmax(z_p) - log_softmax(z_q) must not cancel away.
 
     lse(z_p) - lse(z_q) = log1p(E_q[expm1(z_p - z_q)]) keeps the relative accuracy,
     so the bound's scale is that of the probabilities' formula.
     """
-    if name == "kl_divergence_from_logits" and x64 and delta <= 1e-6:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 9 defect 3, open in jaxent/_divergences.py: the float32 cases"
-                " pass since log(s_b/s_a) is formed as log1p, but in float64 the shifted-logit"
-                " differences sh_a - sh_b still round relative to the row span (delta=1e-9:"
-                " 7.5e-20 for 9.7e-20)",
-            )
-        )
     dt = _dtype(x64)
     if not x64 and delta < 1e-6:
         pytest.skip("below float32 resolution")
@@ -444,12 +450,14 @@ def test_divergences_from_logits_of_nearly_equal_distributions(request, x64, nam
     q = p * (1 + delta * rng.uniform(-1, 1, size=p.shape))
     with jax.enable_x64(x64):
         zp, zpn = _cast(np.log(p), dt)
-        zq, zqn = _cast(np.log(q), dt)
+        zq, zqn = _cast(np.log(q) + offset, dt)  # a row offset: m_a - m_b is not small
         lp, lq = ref_log_softmax(zpn)[0], ref_log_softmax(zqn)[0]
         pl, ql = np.exp(lp), np.exp(lq)
         if name == "kl_divergence_from_logits":
+            # The value from mpmath at 50 digits: sum p (lp - lq) in longdouble
+            # cancels to ~1e-19 absolute, as large as D itself at delta = 1e-9.
             t = pl * (lp - lq)
-            want, sc = np.sum(t, -1), np.sum(np.abs(t), -1)
+            want, sc = _mp_kl_from_logits(zpn, zqn), np.sum(np.abs(t), -1)
         else:
             want, sc = ref_js(pl, ql)
         got = getattr(jaxent, name)(zp, zq)

@@ -1,4 +1,4 @@
-"""Multi-device tests on 8 simulated CPU devices.
+"""Multi-device tests on 8 simulated CPU devices (issue 13 adds log-prob/entropy and KL).
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before jax is
 imported, so the checks (``tests/_sharding_checks.py``) run once in a
