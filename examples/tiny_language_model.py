@@ -133,7 +133,9 @@ def main(steps: int = 400) -> dict[str, float]:
         return (batches(i)[0],)
 
     loss = lambda s, w: distillation_loss(s, teacher, w)  # noqa: E731
-    print(f"student: hidden {STUDENT_D}, distilled at T = {TEMPERATURE} through linear_kl_divergence")
+    print(
+        f"student: hidden {STUDENT_D}, distilled at T = {TEMPERATURE} through linear_kl_divergence"
+    )
     student, s_losses = train(
         loss, init(key_s, len(chars), STUDENT_D), student_batches, steps, log_every=steps // 4,
         label="student T^2 KL",

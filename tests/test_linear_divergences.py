@@ -153,9 +153,7 @@ def test_log_prob_and_entropy_any_cotangents(which):
     rng, h, w, b = _draw(1)
     y = rng.integers(0, V, N)
     g_lp = {"log_prob": rng.normal(size=N), "entropy": np.zeros(N)}.get(which, rng.normal(size=N))
-    g_ent = {"log_prob": np.zeros(N), "entropy": rng.normal(size=N)}.get(
-        which, rng.normal(size=N)
-    )
+    g_ent = {"log_prob": np.zeros(N), "entropy": rng.normal(size=N)}.get(which, rng.normal(size=N))
     _, grads_ref = ref_lpent(h, w, b, y, 1.0, None, g_lp, g_ent)
     jh, jw, jb = _as(jnp.float32, h, w, b)
 
@@ -175,7 +173,10 @@ def test_prime_vocabulary_near_uniform_is_log_v_not_log_of_padded():
     h = np.ones((4, 3))
     w = np.random.default_rng(2).normal(size=(3, V)) * 1e-4  # near-uniform logits
     lp, ent = jaxent.linear_log_prob_and_entropy(
-        jnp.asarray(h, jnp.float32), jnp.asarray(w, jnp.float32), jnp.zeros(4, int), block_size=BLOCK
+        jnp.asarray(h, jnp.float32),
+        jnp.asarray(w, jnp.float32),
+        jnp.zeros(4, int),
+        block_size=BLOCK,
     )
     np.testing.assert_allclose(ent, np.log(V), rtol=1e-5)
     np.testing.assert_allclose(lp, -np.log(V), rtol=1e-3)
