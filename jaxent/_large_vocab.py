@@ -732,6 +732,17 @@ def vocab_parallel_linear_cross_entropy(
         replicated over it; inconsistent shapes or a hyper-parameter out of range.
       TypeError: as :func:`linear_cross_entropy`, or ``axis_name`` not a str
         (or tuple of str).
+
+    Example:
+      >>> from functools import partial
+      >>> import jax, jax.numpy as jnp, jaxent
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> f = jax.jit(jax.shard_map(
+      ...     partial(jaxent.vocab_parallel_linear_cross_entropy, axis_name="tp"),
+      ...     mesh=mesh, in_specs=(P(), P(None, "tp"), P()), out_specs=P()))
+      >>> f(jnp.ones((2, 3)), jnp.zeros((3, 4)), jnp.array([0, 3]))  # uniform: log 4
+      Array([1.3862944, 1.3862944], dtype=float32)
     """
     _checks.check_axis_name(axis_name)  # None is an error here, not "unsharded"
     h2, w2, b, lab, rw, hp, cfg, row_shape, out_dt = _prepare_linear(

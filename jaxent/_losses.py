@@ -322,6 +322,12 @@ def sigmoid_binary_cross_entropy(
 
     Returns:
       Elementwise losses with the shape and dtype of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> z, y = jnp.array([2.0, -1.0, 50.0]), jnp.array([1.0, 0.0, 1.0])
+      >>> jaxent.sigmoid_binary_cross_entropy(z, y)  # at z = 50: e^-50, the true value
+      Array([1.2692800e-01, 3.1326169e-01, 1.9287499e-22], dtype=float32)
     """
     logits = _checks.check_floating(logits, "logits")
     y = _checks.as_inexact(labels, "labels")
@@ -399,6 +405,11 @@ def binary_cross_entropy(
 
     Returns:
       Elementwise losses in the floating dtype of the inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> jaxent.binary_cross_entropy(jnp.array([0.9, 0.2, 0.0]), jnp.array([1.0, 0.0, 1.0]))
+      Array([0.10536055, 0.22314355,        inf], dtype=float32)
     """
     p = _checks.as_inexact(probs, "probs")
     y = _checks.as_inexact(labels, "labels")
@@ -443,6 +454,16 @@ def weighted_mean(
 
     Returns:
       A scalar in the dtype of ``losses`` (accumulated in >= float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> losses = jnp.array([1.0, 2.0, 3.0])
+      >>> jaxent.weighted_mean(losses, weights=jnp.array([1.0, 1.0, 2.0]))  # (1 + 2 + 6) / 4
+      Array(2.25, dtype=float32)
+      >>> jaxent.weighted_mean(losses, where=jnp.array([True, False, True]))
+      Array(2., dtype=float32)
+      >>> jaxent.weighted_mean(losses, where=jnp.zeros(3, bool))  # nothing kept: 0, not NaN
+      Array(0., dtype=float32)
     """
     losses = _checks.as_inexact(losses, "losses")
     cdt = _checks.compute_dtype(losses.dtype)

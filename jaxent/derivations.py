@@ -70,6 +70,13 @@ class Case:
         of the plain definition (``None``: all). Used where the plain
         definition's autodiff is NaN and jaxent's rule states a convention.
       note: why the case is special.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxent.derivations import Case
+      >>> case = Case("zero probability", (np.array([0.0, 1.0]),), finite_differences=False)
+      >>> case.label, case.finite_differences
+      ('zero probability', False)
     """
 
     label: str
@@ -110,6 +117,20 @@ class Derivation:
         against the float64 closed form; without one the error is only reported.
       function_name: the name reports give the function (default: its
         qualified name).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> from jaxent.derivations import Case, Derivation
+      >>> def entropy(p):
+      ...     return -jnp.sum(p * jnp.log(p))
+      >>> d = Derivation(
+      ...     name="my_entropy", formula="dH/dp = -(log p + 1)", latex="",
+      ...     function=entropy, closed_form=lambda p: (-(jnp.log(p) + 1),), plain=entropy,
+      ...     argnums=(0,), sample=lambda rng: (rng.dirichlet([1.0] * 4),),
+      ...     edge_cases=(Case("uniform", (jnp.full(4, 0.25),)),))
+      >>> result = jaxent.verify(d, num_random=2, low_precision=False)
+      >>> result.passed, len(result.details)  # 2 random inputs and the edge case
+      (True, 3)
     """
 
     name: str
@@ -137,7 +158,21 @@ REGISTRY: dict[str, Derivation] = {}
 
 
 def register(derivation: Derivation) -> Derivation:
-    """Adds ``derivation`` to :data:`REGISTRY` (replacing one of the same name)."""
+    """Adds ``derivation`` to :data:`REGISTRY` (replacing one of the same name).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> from jaxent import derivations
+      >>> def lse(z):
+      ...     return jnp.log(jnp.sum(jnp.exp(z)))
+      >>> d = derivations.register(derivations.Derivation(
+      ...     name="doc_logsumexp", formula="d lse/dz = softmax(z)", latex="",
+      ...     function=lse, closed_form=lambda z: (jaxent.softmax(z),), plain=lse,
+      ...     argnums=(0,), sample=lambda rng: (rng.normal(size=4),)))
+      >>> jaxent.verify("doc_logsumexp", num_random=2, low_precision=False).passed
+      True
+      >>> _ = derivations.REGISTRY.pop("doc_logsumexp")  # leave the registry as it was
+    """
     REGISTRY[derivation.name] = derivation
     return derivation
 
@@ -193,6 +228,21 @@ def derivation(
     ``jax.custom_jvp`` whose rule should match the closed form; ``name``
     defaults to the decorated function's name, ``formula`` to the first line
     of its docstring. ``python -m jaxent verify --module FILE.py`` checks it.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxent
+      >>> from jaxent.derivations import REGISTRY, derivation
+      >>> def softplus(x):
+      ...     return jnp.log1p(jnp.exp(x))
+      >>> @derivation(plain=softplus, sample=lambda rng: (rng.normal(),), name="doc_softplus")
+      ... def softplus_grad(x):
+      ...     "d softplus/dx = sigmoid(x)"
+      ...     return 1 / (1 + jnp.exp(-x))
+      >>> REGISTRY["doc_softplus"].formula
+      'd softplus/dx = sigmoid(x)'
+      >>> jaxent.verify("doc_softplus", num_random=2, low_precision=False).passed
+      True
+      >>> _ = REGISTRY.pop("doc_softplus")  # leave the registry as it was
     """
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 

@@ -49,6 +49,19 @@ from jaxent._evaluation import mutual_information
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
+__all__ = [
+    "Accuracy",
+    "BitsPerByte",
+    "BrierScore",
+    "CalibrationError",
+    "MutualInformation",
+    "NegativeLogLikelihood",
+    "Perplexity",
+    "PredictiveEntropy",
+    "fit_temperature",
+    "from_logits",
+]
+
 M = TypeVar("M", bound="_SumMetric")
 
 __all__ = [
