@@ -80,7 +80,7 @@ def _report(
     if bad.size == 0:
         return
     idx = jnp.unravel_index(jnp.argmax(bad.reshape(-1)), bad.shape) if bad.ndim else ()
-    keys = {f"i{k}": i for k, i in enumerate(idx)}
+    keys: dict[str, Any] = {f"i{k}": i for k, i in enumerate(idx)}
     parts = ["{" + k + "}" for k in keys]
     if axis is not None:
         parts.insert(axis, ":")
@@ -417,6 +417,7 @@ def _lookup(fn: Any) -> tuple[str, dict[str, _Validator]]:
             f"jaxent.checked does not know {fn!r}: it validates the arguments of the"
             f" public functions of jaxent by name ({known})."
         )
+    assert isinstance(name, str)  # public: a str name
     return name, validators_of(fn)
 
 
@@ -568,7 +569,7 @@ def checked(
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(arguments)):
+        if any(_checks.is_tracer(v) for v in jax.tree.leaves(arguments)):
             err, _ = checkified(arguments)
             if under_trace == "checkify":
                 checkify.check_error(err)

@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import core as jax_core
 
 Array = jax.Array
 
@@ -302,6 +303,10 @@ def normalize_where(where: Any, shape: Sequence[int], axis: int) -> Array | None
     return split_where(where, shape, axis)[0]
 
 
+@overload
+def check_mask(where: None, shape: Sequence[int], name: str = ...) -> None: ...
+@overload
+def check_mask(where: jax.typing.ArrayLike, shape: Sequence[int], name: str = ...) -> Array: ...
 def check_mask(where: Any, shape: Sequence[int], name: str = "where") -> Array | None:
     """A boolean mask of an elementwise input, broadcast to ``shape`` (or ``None``)."""
     if where is None:
@@ -320,9 +325,14 @@ def check_mask(where: Any, shape: Sequence[int], name: str = "where") -> Array |
 # --------------------------------------------------------------------------- scalars
 
 
+def is_tracer(x: Any) -> bool:
+    """Whether ``x`` is traced (its value unknown at trace time)."""
+    return isinstance(x, jax_core.Tracer)
+
+
 def _concrete_float(x: Any) -> float | None:
     """The Python value of a scalar if known at trace time, else ``None``."""
-    if isinstance(x, jax.core.Tracer):
+    if is_tracer(x):
         return None
     try:
         arr = np.asarray(x)

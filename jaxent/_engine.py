@@ -123,6 +123,12 @@ class Stats(NamedTuple):
     U: Array | None = None
 
 
+def _some(x: Array | None) -> Array:
+    """A field that is present by construction (narrows ``Array | None`` for type checkers)."""
+    assert x is not None
+    return x
+
+
 def _cdt(x: Array) -> Any:
     return _checks.compute_dtype(x.dtype)
 
@@ -270,9 +276,9 @@ def partial_stats(
             # R = kept classes without y: remove y's own term (row-level).
             w_y = jnp.ones((), cdt) if tgt.weights is None else tgt.weights.astype(cdt)[tgt.labels]
             if mask is not None:
-                w_y = jnp.where(jnp.take_along_axis(mask, tgt.labels, axis=axis), w_y, zero)
+                w_y = jnp.where(jnp.take_along_axis(mask, _some(tgt.labels), axis=axis), w_y, zero)
             w_y = tgt.coef * w_y
-            h_y = _half(zy, m0)
+            h_y = _half(_some(zy), m0)
             own = jnp.where(w_y != 0, w_y * jnp.maximum(h_y, jnp.finfo(cdt).min), zero)
             # A -inf label logit makes the row +inf through its own term (t > 0).
             hw = jnp.where(h_y == -jnp.inf, hw, jnp.minimum(hw - own, zero))
@@ -296,7 +302,7 @@ def _total(w: Array | None, m: Array, x: Array, axis: int) -> Array:
 def empty_stats(like: Stats) -> Stats:
     """The statistics of no column (the identity of :func:`combine`)."""
 
-    def z(v, fill=0.0):
+    def z(v: Array | None, fill: float = 0.0) -> Any:
         return None if v is None else jnp.full(v.shape, fill, v.dtype)
 
     return Stats(z(like.m, -jnp.inf), z(like.s), z(like.zy), z(like.hw), z(like.W),
@@ -324,9 +330,9 @@ def combine(p: Stats, q: Stats) -> Stats:
     big0 = _finite_shift(big)
     s = _rebase(p.s, p.m, big0) + _rebase(q.s, q.m, big0)
     hw = None if p.hw is None else (
-        _rebase_h(p.hw, p.W, p.m, big0) + _rebase_h(q.hw, q.W, q.m, big0))  # fmt: skip
+        _rebase_h(p.hw, _some(p.W), p.m, big0) + _rebase_h(_some(q.hw), _some(q.W), q.m, big0))  # fmt: skip
     hu = None if p.hu is None else (
-        _rebase_h(p.hu, p.U, p.m, big0) + _rebase_h(q.hu, q.U, q.m, big0))  # fmt: skip
+        _rebase_h(p.hu, _some(p.U), p.m, big0) + _rebase_h(_some(q.hu), _some(q.U), q.m, big0))  # fmt: skip
     return Stats(big, s, _add(p.zy, q.zy), hw, _add(p.W, q.W), hu, _add(p.U, q.U))
 
 
@@ -338,9 +344,9 @@ def combine_across(st: Stats, axis_name: Any) -> Stats:
     if st.zy is not None:
         parts.append(st.zy)
     if st.hw is not None:
-        parts += [_rebase_h(st.hw, st.W, st.m, big0), st.W]
+        parts += [_rebase_h(st.hw, _some(st.W), st.m, big0), _some(st.W)]
     if st.hu is not None:
-        parts += [_rebase_h(st.hu, st.U, st.m, big0), st.U]
+        parts += [_rebase_h(st.hu, _some(st.U), st.m, big0), _some(st.U)]
     tot = list(jax.lax.psum(jnp.stack(parts), axis_name))
     s = tot.pop(0)
     zy = tot.pop(0) if st.zy is not None else None
@@ -370,12 +376,12 @@ def _row_terms(st: Stats, tgt: Target) -> tuple[Array, Array]:
     t = _label_weight(tgt, st.s)
     if t is not None:
         mass = mass + t
-        dot = dot + _mul(t, _half(st.zy, m0))
+        dot = dot + _mul(t, _half(_some(st.zy), m0))
     if st.hw is not None:
-        mass = mass + st.W
+        mass = mass + _some(st.W)
         dot = dot + st.hw
     if st.hu is not None:
-        mass = mass + st.U
+        mass = mass + _some(st.U)
         dot = dot + st.hu
     return mass, dot
 
@@ -425,7 +431,7 @@ def grad_logits(
     out = _mul(jnp.where(live, mass, zero), jnp.exp(z - lse0))
     t = _label_weight(tgt, lse)
     if t is not None:
-        hit = _label_hit(x.shape, tgt.labels, axis, start)
+        hit = _label_hit(x.shape, _some(tgt.labels), axis, start)
         out = out - jnp.where(hit, jnp.where(live, t, zero), zero)
     if tgt.coef is not None:
         sel = _spread_sel(x, tgt, mask, axis, start, exclude_true)
@@ -505,7 +511,7 @@ def _dense_fast(x, tgt, mask, axis, exclude_true):
             if mask is not None:
                 w_y = jnp.where(jnp.take_along_axis(mask, tgt.labels, axis=axis), w_y, zero)
             zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
-            loss = loss - mul(tgt.coef * w_y, log_s - (zy - m0))
+            loss = loss - mul(_some(tgt.coef) * w_y, log_s - (zy - m0))
     if tgt.z_loss is not None:
         lse = log_s + m0
         loss = loss + mul(tgt.z_loss, lse * lse)
@@ -722,7 +728,7 @@ def partial_moments(
 def empty_moments(like: Moments) -> Moments:
     """The moments of no column (the identity of :func:`combine_moments`)."""
 
-    def z(v, fill=0.0):
+    def z(v: Array | None, fill: float = 0.0) -> Any:
         return None if v is None else jnp.full_like(v, fill)
 
     return Moments(z(like.m, -jnp.inf), z(like.s), z(like.e), z(like.zy), z(like.mb, -jnp.inf),
@@ -740,8 +746,8 @@ def _rebased_moments(p: Moments, big: Array, big_b: Array | None) -> list[Array]
     if p.zy is not None:
         out.append(p.zy)
     if p.mb is not None:
-        bigb0 = _finite_shift(big_b)
-        out.append(_rebase(p.sb, p.mb, bigb0))
+        bigb0 = _finite_shift(_some(big_b))
+        out.append(_rebase(_some(p.sb), p.mb, bigb0))
         if p.d is not None:
             shift = (m0 - big0) - (_finite_shift(p.mb) - bigb0)
             out.append(_times(alpha, p.d + _times(p.s, shift)))
@@ -761,7 +767,7 @@ def _moments_from(big: Array, big_b: Array | None, sums: list[Array], like: Mome
 def combine_moments(p: Moments, q: Moments) -> Moments:
     """Merges the moments of two disjoint sets of columns."""
     big = jnp.maximum(p.m, q.m)
-    big_b = None if p.mb is None else jnp.maximum(p.mb, q.mb)
+    big_b = None if p.mb is None else jnp.maximum(p.mb, _some(q.mb))
     sums = [
         x + y
         for x, y in zip(
@@ -784,25 +790,25 @@ def combine_moments_across(st: Moments, axis_name: Any) -> Moments:
 def moments_lse(st: Moments) -> tuple[Array, Array | None]:
     """``(lse(a), lse(b))`` of combined moments (``-inf`` for an empty row)."""
     lse_a = jnp.log(st.s) + _finite_shift(st.m)
-    lse_b = None if st.mb is None else jnp.log(st.sb) + _finite_shift(st.mb)
+    lse_b = None if st.mb is None else jnp.log(_some(st.sb)) + _finite_shift(st.mb)
     return lse_a, lse_b
 
 
 def moments_entropy(st: Moments) -> Array:
     """``H(p) = log s - e / s`` (0 for an empty row); needs ``entropy=True`` moments."""
-    h = jnp.log(st.s) - st.e / st.s
+    h = jnp.log(st.s) - _some(st.e) / st.s
     return jnp.where(st.m == -jnp.inf, jnp.zeros((), h.dtype), h)
 
 
 def moments_log_prob(st: Moments) -> Array:
     """``log p_y = (z_y - m) - log s`` (0 for an empty row); needs ``labels`` moments."""
-    lp = (st.zy - _finite_shift(st.m)) - jnp.log(st.s)
+    lp = (_some(st.zy) - _finite_shift(st.m)) - jnp.log(st.s)
     return jnp.where(st.m == -jnp.inf, jnp.zeros((), lp.dtype), lp)
 
 
 def moments_kl(st: Moments) -> Array:
     """``D(p || q) = d / s - log s + log s_b``: 0 for an empty ``p``, ``+inf`` for an empty ``q``."""
-    kl = st.d / st.s + (jnp.log(st.sb) - jnp.log(st.s))
+    kl = _some(st.d) / st.s + (jnp.log(_some(st.sb)) - jnp.log(st.s))
     zero, inf = jnp.zeros((), kl.dtype), jnp.asarray(jnp.inf, kl.dtype)
     kl = jnp.where(st.mb == -jnp.inf, inf, kl)
     return jnp.where(st.m == -jnp.inf, zero, kl)

@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -235,7 +236,7 @@ def _shard(arrays: Sequence[np.ndarray], batch_dims: Sequence[int]):
     mesh = Mesh(np.array(devices), ("batch",))
     out = []
     for a, d in zip(arrays, batch_dims, strict=True):
-        spec = [None] * a.ndim
+        spec: list[str | None] = [None] * a.ndim
         spec[d] = "batch"
         out.append(jax.device_put(a, NamedSharding(mesh, PartitionSpec(*spec))))
     return out
@@ -370,7 +371,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate saved logits against labels (NLL, accuracy, calibration, ...)",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description=textwrap.fill(
+            (__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", ""), width=79
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m jaxent evaluate logits.npy labels.npy\n"
+            "  python -m jaxent evaluate logits.npy labels.npy --ignore-index -100 --json\n"
+            "  python -m jaxent evaluate ensemble.npy labels.npy --member-axis 0 --plot rel.png\n"
+            "\nexit status: 0 done, 2 bad usage (unreadable files, shapes that do not fit)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("logits", metavar="LOGITS", help=".npy (memory-mapped) or .npz logits")
     p.add_argument("labels", metavar="LABELS", help=".npy or .npz integer labels")

@@ -50,7 +50,6 @@ are all ``-inf`` adds nothing (the running max is shifted by 0, never by
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -97,7 +96,7 @@ def _check_hparams(label_smoothing: Any, z_loss: Any, logit_softcap: Any) -> Non
 
 def _is_static_zero(x: Any) -> bool:
     """True when ``x`` is known at trace time to be 0 (its term can be skipped)."""
-    if isinstance(x, jax.core.Tracer):
+    if _checks.is_tracer(x):
         return False
     return float(np.asarray(x)) == 0.0
 
@@ -122,8 +121,10 @@ def _check_block_size(block_size: Any, vocab: int, rows: int = 0, heads: int = 1
     return min(int(block_size), vocab)
 
 
-def _varying_axes(x: Array) -> frozenset:
-    """The manual mesh axes ``x`` varies over (empty outside ``shard_map``)."""
+def _varying_axes(x: Array | None) -> frozenset:
+    """The manual mesh axes ``x`` varies over (empty outside ``shard_map``, or for ``None``)."""
+    if x is None:
+        return frozenset()
     aval = jax.typeof(x)
     mat = getattr(aval, "manual_axis_type", None)
     if mat is not None:
@@ -285,7 +286,7 @@ def _empty_stats(rw: Array, cfg: _Config, *refs: Array) -> _engine.Stats:
 # --------------------------------------------------------------------------- blocks of h @ W
 
 
-def _num_blocks(cfg: _Config) -> int:
+def _num_blocks(cfg: _Config | _DistConfig) -> int:
     return -(-cfg.vocab // cfg.block)
 
 
@@ -343,11 +344,13 @@ def _block(h, w, b, labels, offset, i, hp, cfg: _Config) -> _Block:
     return _Block(z, w_blk, u, first, labels[:, None], mask)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _linear_ce(
+def _linear_ce_primal(
     h: Array, w: Array, b: Array | None, labels: Array, rw: Array, hp: Array, cfg: _Config
 ) -> Array:
     return _linear_ce_fwd(h, w, b, labels, rw, hp, cfg)[0]
+
+
+_linear_ce = jax.custom_vjp(_linear_ce_primal, nondiff_argnums=(6,))
 
 
 def _linear_ce_fwd(h, w, b, labels, rw, hp, cfg):
@@ -429,7 +432,7 @@ def _linear_ce_bwd(cfg, res, g):
         # The hidden states feed every vocabulary shard: sum their contributions
         # (also where shard_map does not track replication, check_vma=False).
         dh = jax.lax.psum(dh, cfg.axis_name)
-    dh, dw, db = _sum_to_vma(dh, h), _sum_to_vma(dw, w), _sum_to_vma(db, b)
+    dh, dw, db = _engine._some(_sum_to_vma(dh, h)), _sum_to_vma(dw, w), _sum_to_vma(db, b)
     return dh.astype(h.dtype), dw, db, None, jnp.zeros_like(rw), jnp.zeros_like(hp)
 
 
@@ -439,9 +442,11 @@ _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 # --------------------------------------------------------------------------- dense shards
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _vp_ce(z: Array, labels: Array, rw: Array, hp: Array, cfg: _Config) -> Array:
+def _vp_ce_primal(z: Array, labels: Array, rw: Array, hp: Array, cfg: _Config) -> Array:
     return _vp_ce_fwd(z, labels, rw, hp, cfg)[0]
+
+
+_vp_ce = jax.custom_vjp(_vp_ce_primal, nondiff_argnums=(4,))
 
 
 def _vp_ce_fwd(z, labels, rw, hp, cfg):
@@ -578,6 +583,9 @@ def linear_cross_entropy(
 ) -> Array:
     r"""Softmax cross-entropy of ``hidden @ weight`` without materialising the logits.
 
+    L_n = lse(z_n) - (1 - eps) z_{n,y} - (eps/V) sum_j z_{n,j} + lam lse(z_n)^2,  z = cap(h W + b) / T
+    dL/dz = p (1 + 2 lam lse) - (1 - eps) e_y - eps/V  (then chained to h, W, b)
+
     With logits :math:`z_n = \mathrm{cap}(h_n W + b)`, where
     :math:`\mathrm{cap}(u) = c\tanh(u/c)` when ``logit_softcap`` is :math:`c`
     (identity otherwise), the per-example loss is
@@ -683,6 +691,9 @@ def vocab_parallel_linear_cross_entropy(
 ) -> Array:
     r""":func:`linear_cross_entropy` with the projection sharded over the vocabulary.
 
+    L = the loss of linear_cross_entropy with W = [W_1 ... W_k] split over the shards:
+    lse = M + log psum_r(s_r exp(m_r - M)),  M = pmax_r(m_r);  dL/dW_r = h g_r^T,  dL/dh = psum_r(W_r g_r)
+
     For use inside ``shard_map`` (or ``pmap``) where ``weight_shard`` ``[D, V/k]``
     is this device's contiguous slice of ``weight`` along a mesh axis
     ``axis_name`` of size :math:`k` (shard :math:`r` holds classes
@@ -776,6 +787,8 @@ def vocab_parallel_cross_entropy(
     temperature: float | ArrayLike | None = None,
 ) -> Array:
     r"""Integer-label softmax cross-entropy with the class axis sharded over devices.
+
+    L = lse - (1 - eps) z_y - (eps/V) sum_j z_j + lam lse^2,  lse = M + log psum_r(sum_j exp(z_j - M)),  M = pmax_r(max_j z_j)
 
     For use inside ``shard_map`` (or ``pmap``): ``logits_shard`` ``[..., V/k]``
     is this device's contiguous slice of the logits along the mesh axis
@@ -1064,9 +1077,11 @@ def _lpent_cotangents(g, rw, lse):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _linear_lpent(h, w, b, labels, rw, hp, cfg):
+def _linear_lpent_primal(h, w, b, labels, rw, hp, cfg) -> tuple[Array, Array]:
     return _linear_lpent_fwd(h, w, b, labels, rw, hp, cfg)[0]
+
+
+_linear_lpent = jax.custom_vjp(_linear_lpent_primal, nondiff_argnums=(6,))
 
 
 def _linear_lpent_fwd(h, w, b, labels, rw, hp, cfg):
@@ -1097,9 +1112,11 @@ def _linear_lpent_bwd(cfg, res, g):
 _linear_lpent.defvjp(_linear_lpent_fwd, _linear_lpent_bwd, symbolic_zeros=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _vp_lpent(z, labels, rw, hp, cfg):
+def _vp_lpent_primal(z, labels, rw, hp, cfg) -> tuple[Array, Array]:
     return _vp_lpent_fwd(z, labels, rw, hp, cfg)[0]
+
+
+_vp_lpent = jax.custom_vjp(_vp_lpent_primal, nondiff_argnums=(4,))
 
 
 def _vp_scaled(z: Array, hp: Array, cfg: _DistConfig) -> Array:
@@ -1156,9 +1173,11 @@ def _kl_like(keep: Array, cdt: Any) -> _engine.Moments:
     return _engine.Moments(zero, zero, None, None, zero, zero, zero)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _linear_kl(hp_, wp, bp, hq, wq, bq, keep, hp, cfg):
+def _linear_kl_primal(hp_, wp, bp, hq, wq, bq, keep, hp, cfg) -> Array:
     return _linear_kl_fwd(hp_, wp, bp, hq, wq, bq, keep, hp, cfg)[0]
+
+
+_linear_kl = jax.custom_vjp(_linear_kl_primal, nondiff_argnums=(8,))
 
 
 def _linear_kl_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
@@ -1191,9 +1210,11 @@ def _linear_kl_bwd(cfg, res, g):
 _linear_kl.defvjp(_linear_kl_fwd, _linear_kl_bwd, symbolic_zeros=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _vp_kl(za, zb, keep, hp, cfg):
+def _vp_kl_primal(za, zb, keep, hp, cfg) -> Array:
     return _vp_kl_fwd(za, zb, keep, hp, cfg)[0]
+
+
+_vp_kl = jax.custom_vjp(_vp_kl_primal, nondiff_argnums=(4,))
 
 
 def _vp_kl_fwd(za, zb, keep, hp, cfg):
@@ -1238,9 +1259,11 @@ def _js_block(za, zb, mask, lse_a, lse_b, hp, cfg: _DistConfig):
     return js_terms(logp(za, lse_a), logp(zb, lse_b), hp[1], cfg.normalized)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _linear_js(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
+def _linear_js_primal(ha, wa, ba, hb, wb, bb, keep, hp, cfg) -> Array:
     return _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg)[0]
+
+
+_linear_js = jax.custom_vjp(_linear_js_primal, nondiff_argnums=(8,))
 
 
 def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
@@ -1269,7 +1292,7 @@ def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
 
     tot, gp_mean, gq_mean = jax.lax.fori_loop(0, _num_blocks(cfg), body, (zero, zero, zero))
     # JS >= 0 (a sum of Jensen gaps); a NaN logit makes its row NaN.
-    bad = jnp.isnan(lse_a) | jnp.isnan(lse_b)
+    bad = jnp.isnan(lse_a) | jnp.isnan(_engine._some(lse_b))
     js = jnp.where(bad, jnp.nan, jnp.maximum(tot, 0))
     out = jnp.where(keep[:, None], js, jnp.zeros((), js.dtype))
     rows = (lse_a, lse_b, js, gp_mean, gq_mean)
@@ -1575,7 +1598,7 @@ def linear_js_divergence(
     return _linear_js(*args, cfg).reshape(rows).astype(out_dt)
 
 
-def _vp_setup(logits_shard: Array, name: str, axis_name: Any, shards: int):
+def _vp_setup(logits_shard: ArrayLike, name: str, axis_name: Any, shards: int) -> Array:
     logits_shard = _checks.check_floating(logits_shard, name)
     if logits_shard.ndim < 1:
         raise ValueError(f"`{name}` must have a class axis (shape [..., V_local]).")

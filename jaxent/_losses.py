@@ -36,7 +36,7 @@ def _add(a: Array | None, b: Array) -> Array:
 
 def _is_concrete_zero(v) -> bool:
     """A value known to be 0 at trace time (a Python or concrete array 0)."""
-    if isinstance(v, jax.core.Tracer):
+    if _checks.is_tracer(v):
         return False
     try:
         return bool(np.all(np.asarray(v) == 0))
@@ -87,6 +87,8 @@ def softmax_cross_entropy(
     temperature: ArrayLike | None = None,
 ) -> Array:
     r"""Softmax cross-entropy with probability (soft or one-hot) labels.
+
+    L = -sum_j y_j log softmax(z)_j = (sum_j y_j) lse(z) - <y, z>;  dL/dz = (sum_j y_j) softmax(z) - y
 
     .. math::
       L(z, y) = -\sum_i y_i \log \mathrm{softmax}(z / T)_i, \qquad
@@ -196,6 +198,8 @@ def softmax_cross_entropy_with_integer_labels(
 ) -> Array:
     r"""Softmax cross-entropy with integer class labels.
 
+    L = lse(z) - z_y (+ lam lse(z)^2);  dL/dz = softmax(z) - onehot(y) (+ 2 lam lse softmax(z))
+
     .. math::
       L = w_{y}\,\big(\mathrm{lse}(z) - z_{y}\big) + \lambda_z\,\mathrm{lse}(z)^2,
       \qquad \frac{\partial L}{\partial z} = w_y(\mathrm{softmax}(z) - e_y)
@@ -304,6 +308,9 @@ def sigmoid_binary_cross_entropy(
 ) -> Array:
     r"""Elementwise sigmoid binary cross-entropy (PyTorch's ``binary_cross_entropy_with_logits``).
 
+    L = w+ y softplus(-z) + (1 - y) softplus(z)  (= -w+ y log s - (1 - y) log(1 - s), s = sigmoid(z))
+    dL/dz = (w+ y + 1 - y) sigmoid(z) - w+ y
+
     .. math::
       L = (1-y)\,\mathrm{softplus}(z) + w_+\,y\,\mathrm{softplus}(-z),
       \qquad \frac{\partial L}{\partial z} = (1-y)\,\sigma(z) - w_+\,y\,\sigma(-z)
@@ -389,6 +396,8 @@ def binary_cross_entropy(
     probs: ArrayLike, labels: ArrayLike, *, base: ArrayLike | None = None
 ) -> Array:
     r"""Elementwise binary cross-entropy from probabilities.
+
+    L = -y log p - (1 - y) log(1 - p);  dL/dp = (1 - y)/(1 - p) - y/p  (0 log 0 = 0)
 
     .. math::
       L = -y\log p - (1-y)\log(1-p),

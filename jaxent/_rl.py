@@ -364,7 +364,7 @@ def aggregate_loss(
     cdt = _checks.compute_dtype(lo.dtype)
     if normalizer is not None:
         _checks.check_positive(normalizer, "normalizer")
-        norm = jnp.asarray(normalizer).astype(cdt)
+    norm = jnp.asarray(1 if normalizer is None else normalizer).astype(cdt)
     n_b = jnp.sum(keep.astype(cdt), axis=-1, keepdims=True)  # [B, 1]
     if mode == "token-mean":
         denom = jnp.sum(n_b) if normalizer is None else norm

@@ -53,7 +53,7 @@ def _check_epsilon(epsilon: Any) -> None:
     """``epsilon`` must be a real scalar in [0, 1); a traced value is accepted unchecked."""
     if isinstance(epsilon, bool):
         raise TypeError(f"`epsilon` must be a number in [0, 1), got {epsilon!r}.")
-    if not isinstance(epsilon, jax.core.Tracer):
+    if not _checks.is_tracer(epsilon):
         arr = np.asarray(epsilon) if not isinstance(epsilon, jax.Array) else epsilon
         if (
             not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer))
@@ -104,6 +104,8 @@ def smooth_labels(
     axis: int = -1,
 ) -> Array:
     r"""Smooths one-hot, probability or integer labels.
+
+    "uniform": y~ = (1 - eps) y + eps/K;  "off_target": y~ = (1 - eps) y + eps (1 - y)/(K - 1)
 
     With :math:`K` classes and smoothing factor :math:`\varepsilon`:
 
@@ -273,6 +275,9 @@ def label_smoothed_cross_entropy(
 ) -> Array:
     r"""Softmax cross-entropy against smoothed labels, per example.
 
+    L = -sum_j y~_j log softmax(z)_j;  dL/dz = softmax(z) - y~  (unit class weights)
+    y~ = (1 - eps) onehot(y) + eps/K ("uniform"), or (1 - eps) on y and eps/(K - 1) elsewhere ("off_target")
+
     .. math::
       \ell(z, y) = -\sum_{c} w_c\, \tilde y_c \log \mathrm{softmax}(z)_c,
       \qquad
@@ -415,6 +420,8 @@ def with_label_smoothing(
 ) -> Callable[..., Array]:
     r"""Wraps an optax-style loss that takes probability labels so it smooths them first.
 
+    loss(z, y) -> loss(z, y~),  y~ = (1 - eps) y + eps/K ("uniform") or the "off_target" smoothing of smooth_labels
+
     .. math::
       \mathrm{wrapped}(z, y, \ldots) = \mathrm{loss\_fn}(z, \tilde y(y), \ldots)
 
@@ -541,6 +548,8 @@ def optimal_logit_gap(
     epsilon: ArrayLike, num_classes: int, *, convention: str = "uniform"
 ) -> Array:
     r"""The gap :math:`z_y - z_j` (any :math:`j \ne y`) at the minimum of the smoothed loss.
+
+    gap = log(K (1 - eps)/eps + 1) ("uniform");  log((K - 1)(1 - eps)/eps) ("off_target")
 
     The smoothed cross-entropy is minimised at :math:`\mathrm{softmax}(z) =
     \tilde y`; the other logits are then all equal and

@@ -307,6 +307,8 @@ def _logit_jvp(primals, tangents):
 def logit(p: ArrayLike) -> Array:
     r"""The log-odds :math:`\mathrm{logit}(p) = \log\frac{p}{1-p}`, inverse of the sigmoid.
 
+    logit(p) = log(p / (1 - p)) = log p - log1p(-p);  d logit/dp = 1 / (p (1 - p))
+
     ``logit(0) = -inf`` and ``logit(1) = +inf``; outside [0, 1] the result is
     NaN. Custom JVP: :math:`dy = dp / (p(1-p))`.
 

@@ -519,7 +519,7 @@ def enable_cache() -> None:
     import os  # noqa: PLC0415
 
     where = os.environ.get("JAXENT_VERIFY_CACHE", _CACHE_DEFAULT)
-    if where in ("0", "") or jax.config.jax_compilation_cache_dir:
+    if where in ("0", "") or getattr(jax.config, "jax_compilation_cache_dir", None):
         return
     path = os.path.expanduser(where)
     os.makedirs(path, exist_ok=True)
@@ -680,9 +680,9 @@ def _symbolic_values(d: Derivation, args: list[list[Any]]) -> list[Any]:
 
 def _taylor(v: np.ndarray, fx: float, fh: np.ndarray, g: np.ndarray, argument: str) -> Check:
     hs = np.asarray(_TAYLOR_H)
-    g = np.asarray(g, np.float64).reshape(np.shape(v)) if np.size(g) == np.size(v) else None
-    if g is None:
+    if np.size(g) != np.size(v):
         return Check("taylor", argument, None, None, TAYLOR_MIN_SLOPE, False, note="shape")
+    g = np.asarray(g, np.float64).reshape(np.shape(v))
     gv = float(np.sum(np.where(v != 0, g * v, 0.0)))
     with np.errstate(invalid="ignore", over="ignore"):
         rem = np.abs(fh - fx - hs * gv)

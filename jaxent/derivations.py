@@ -1189,7 +1189,7 @@ register(
 # =========================================================================== label smoothing
 
 
-def _smoothed(label: Array, eps: Array, convention: str) -> Array:
+def _smoothed(label: Array, eps: Array | float, convention: str) -> Array:
     onehot = _onehot(label)
     if convention == "uniform":
         return (1 - eps) * onehot + eps / K
@@ -2087,6 +2087,11 @@ register(
 )
 
 
+def _plain_js_heads(hp: Array, wp: Array, hq: Array, wq: Array) -> Array:
+    a, b = _two_head_logits(hp, wp, hq, wq)
+    return _plain_js(_plain_softmax(a), _plain_softmax(b), _BETA_LV)
+
+
 def _linear_js_cf(hp: Array, wp: Array, hq: Array, wq: Array) -> tuple[Array, ...]:
     a, b = _two_head_logits(hp, wp, hq, wq)
     p, q = jaxent.softmax(a), jaxent.softmax(b)
@@ -2109,9 +2114,7 @@ register(
             )
         ),
         closed_form=_linear_js_cf,
-        plain=lambda hp, wp, hq, wq: _plain_js(
-            *(_plain_softmax(x) for x in _two_head_logits(hp, wp, hq, wq)), _BETA_LV
-        ),
+        plain=lambda hp, wp, hq, wq: _plain_js_heads(hp, wp, hq, wq),
         argnums=(0, 1, 2, 3),
         sample=_two_head_sample,
         convention="beta = 0.3, T = 1.5, block_size = 2; two passes over the blocks.",

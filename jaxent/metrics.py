@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,7 @@ from jaxent._evaluation import mutual_information
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
+
 __all__ = [
     "Accuracy",
     "BitsPerByte",
@@ -63,19 +64,7 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound="_SumMetric")
-
-__all__ = [
-    "Accuracy",
-    "BitsPerByte",
-    "BrierScore",
-    "CalibrationError",
-    "MutualInformation",
-    "NegativeLogLikelihood",
-    "Perplexity",
-    "PredictiveEntropy",
-    "fit_temperature",
-    "from_logits",
-]
+C = TypeVar("C")
 
 
 def _static(default: Any = None) -> Any:
@@ -212,6 +201,7 @@ def _row_summary(x: Array, labels: Array | None, blocked: bool | None = None) ->
         valid = (yf >= 0) & (yf < k)
         z_y = jnp.take_along_axis(xf, jnp.clip(yf, 0, k - 1)[:, None], axis=-1)[:, 0]
     else:
+        valid = jnp.zeros(xf.shape[:1], bool)  # unused: no label-dependent output
         z_y = jnp.full(xf.shape[:1], jnp.inf, x.dtype)
     m, s, q, t, rank = _all_stats(xf, z_y, blocked)
     tiny = jnp.finfo(x.dtype).tiny
@@ -243,12 +233,12 @@ class _SumMetric:
     """Shared protocol: every data field is a sum; static fields are configuration."""
 
     _sums: ClassVar[tuple[str, ...]] = ()
+    # Every subclass is a dataclass (``_register``): what ``dataclasses.replace`` needs.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def _config(self) -> tuple:
         return tuple(
-            getattr(self, f.name)
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            if f.metadata.get("static")
+            getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("static")
         )
 
     def merge(self: M, other: M) -> M:
@@ -265,11 +255,11 @@ class _SumMetric:
             a, b = getattr(self, name), getattr(other, name)
             dt = jnp.promote_types(a.dtype, b.dtype)
             sums[name] = jnp.add(a.astype(dt), b.astype(dt))
-        return dataclasses.replace(self, **sums)  # type: ignore[type-var]
+        return dataclasses.replace(self, **sums)
 
     def reduce(self: M) -> M:
         """Merges a state stacked along a leading axis (e.g. by ``all_gather``)."""
-        return dataclasses.replace(  # type: ignore[type-var]
+        return dataclasses.replace(
             self, **{name: jnp.sum(getattr(self, name), axis=0) for name in self._sums}
         )
 
@@ -278,7 +268,7 @@ class _SumMetric:
 
 
 def _float(x: ArrayLike | None = None) -> Array:
-    return jnp.zeros((), jnp.float32) if x is None else x
+    return jnp.zeros((), jnp.float32) if x is None else jnp.asarray(x)
 
 
 def _zero_count() -> Array:
@@ -289,14 +279,16 @@ def _mean(total: Array, count: Array) -> Array:
     return total / count.astype(total.dtype)
 
 
-def _register(cls):
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, _static))
+def _register(cls: type[C]) -> type[C]:
+    """A frozen dataclass registered as a pytree (static fields: configuration)."""
     return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
 
 
 def _check_base(base: Any) -> Any:
     if base is not None:
         _checks.log_base(base)
-        if isinstance(base, jax.core.Tracer):
+        if _checks.is_tracer(base):
             raise TypeError("`base` of a metric is static configuration: pass a Python number.")
         base = float(base)
     return base

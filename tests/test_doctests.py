@@ -77,3 +77,26 @@ def test_the_public_namespace_is_explicit():
     public = {n for n in dir(jaxent) if not n.startswith("_")}
     modules = {n for n in public if inspect.ismodule(getattr(jaxent, n))}
     assert set(jaxent.__all__) == public - modules - {"annotations"}
+
+
+PLAIN_EXEMPT = {"checked", "verify"}  # wrappers, not formulas
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n in jaxent.__all__
+        if inspect.isfunction(getattr(jaxent, n)) and n not in PLAIN_EXEMPT
+    ),
+)
+def test_docstring_has_a_plain_text_formula_for_help(name):
+    """``help(f)`` shows raw LaTeX; each function also states its formula in plain text."""
+    doc = inspect.getdoc(getattr(jaxent, name)) or ""
+    head = doc.split("Args:")[0]
+    plain = [
+        line
+        for line in head.splitlines()
+        if "=" in line and "\\" not in line and ":math:" not in line and "``" not in line
+    ]
+    assert plain, f"{name}: no plain-text formula line before Args:"
