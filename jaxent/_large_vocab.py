@@ -924,7 +924,17 @@ def _recovered_mask(i: Array, start: Array, cfg: _DistConfig) -> Array | None:
     return (start + jnp.arange(cfg.block, dtype=start.dtype) >= i * cfg.block)[None, :]
 
 
-def _stream_moments(hs, ws, bs, hp, cfg: _DistConfig, part, like: _engine.Moments):
+def _trips(cfg: _DistConfig, live: Array) -> Array:
+    """The number of vocabulary blocks to visit: all of them, or none when no row is kept.
+
+    A call whose rows are all ignored (``where`` all False, e.g. a padding-only
+    micro-batch) skips every matmul. Inside a ``jax.custom_vjp`` the loops are
+    never differentiated by autodiff, so a traced trip count is allowed.
+    """
+    return jnp.where(jnp.any(live), _num_blocks(cfg), 0)
+
+
+def _stream_moments(hs, ws, bs, hp, cfg: _DistConfig, part, like: _engine.Moments, live):
     """Combined moments of every block: ``part(zs, start, mask, i)`` gives one block's."""
 
     def body(i, st):
@@ -933,10 +943,10 @@ def _stream_moments(hs, ws, bs, hp, cfg: _DistConfig, part, like: _engine.Moment
         part_st = part([z for z, _, _ in blocks], start, _recovered_mask(i, start, cfg), i)
         return _engine.combine_moments(st, part_st)
 
-    return jax.lax.fori_loop(0, _num_blocks(cfg), body, _engine.empty_moments(like))  # type: ignore[arg-type]
+    return jax.lax.fori_loop(0, _trips(cfg, live), body, _engine.empty_moments(like))  # type: ignore[arg-type]
 
 
-def _stream_grads(hs, ws, bs, hp, cfg: _DistConfig, dz_fn, need=None):
+def _stream_grads(hs, ws, bs, hp, cfg: _DistConfig, dz_fn, live, need=None):
     """Gradients w.r.t. every head's ``(h, w, b)`` from ``dz_fn(zs, start, mask, i) -> dzs``.
 
     Each block's logits are recomputed; ``dz`` is the gradient w.r.t. the
@@ -993,7 +1003,7 @@ def _stream_grads(hs, ws, bs, hp, cfg: _DistConfig, dz_fn, need=None):
         else (None, None, None)
         for h, w, b, wanted in zip(hs, ws, bs, need, strict=True)
     )
-    grads = jax.lax.fori_loop(0, nb, body, init)
+    grads = jax.lax.fori_loop(0, _trips(cfg, live), body, init)
     return [
         (None, None, None) if dh is None else (dh.astype(h.dtype), dw, db)
         for (dh, dw, db), h in zip(grads, hs, strict=True)
@@ -1092,7 +1102,7 @@ def _linear_lpent_fwd(h, w, b, labels, rw, hp, cfg):
         return _lpent_part(zs[0], _lpent_labels(labels, i, cfg, 0), start, mask)
 
     like = _engine.Moments(zero, zero, zero, zero)
-    st = _stream_moments([h], [w], [b], hp, cfg, part, like)
+    st = _stream_moments([h], [w], [b], hp, cfg, part, like, rw != 0)
     out, (lse, ent) = _lpent_finish(st, rw)
     return out, (h, w, b, labels, rw, hp, lse, ent)
 
@@ -1105,7 +1115,7 @@ def _linear_lpent_bwd(cfg, res, g):
         lab = _lpent_labels(labels, i, cfg, 0)
         return [_lpent_dz(zs[0], lab, start, mask, lse, ent, g_lp, g_ent)]
 
-    ((dh, dw, db),) = _stream_grads([h], [w], [b], hp, cfg, dz_fn)
+    ((dh, dw, db),) = _stream_grads([h], [w], [b], hp, cfg, dz_fn, rw != 0)
     return dh, dw, db, None, None, None
 
 
@@ -1188,7 +1198,8 @@ def _linear_kl_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
     def part(zs, start, mask, i):
         return _engine.partial_moments(zs[0], zs[1], axis=1, mask=mask)
 
-    st = _stream_moments([ha, hb], [wa, wb], [ba, bb], hp, cfg, part, _kl_like(keep, hp.dtype))
+    heads = ([ha, hb], [wa, wb], [ba, bb])
+    st = _stream_moments(*heads, hp, cfg, part, _kl_like(keep, hp.dtype), keep)
     out, rows = _kl_finish(st, keep)
     flags = (_flag(need_a), _flag(need_b))
     return out, (ha, wa, ba, hb, wb, bb, keep, hp, rows, flags)
@@ -1203,7 +1214,7 @@ def _linear_kl_bwd(cfg, res, g):
         return _kl_dz(zs[0], zs[1], mask, lse_a, lse_b, kl, gc, need)
 
     heads = ([ha, hb], [wa, wb], [ba, bb])
-    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, need)
+    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, keep, need)
     return dha, dwa, dba, dhb, dwb, dbb, None, None
 
 
@@ -1279,7 +1290,7 @@ def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
         return _engine.Moments(pa.m, pa.s, mb=pb.m, sb=pb.s)
 
     like = _engine.Moments(zero, zero, mb=zero, sb=zero)
-    st = _stream_moments(*heads, hp, cfg, norms, like)
+    st = _stream_moments(*heads, hp, cfg, norms, like, keep)
     lse_a, lse_b = _engine.moments_lse(st)
 
     def body(i, acc):
@@ -1290,7 +1301,7 @@ def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
         sums = [jnp.sum(x, axis=1, keepdims=True) for x in (t, p * g_p, q * g_q)]
         return tuple(x + y for x, y in zip(acc, sums, strict=True))
 
-    tot, gp_mean, gq_mean = jax.lax.fori_loop(0, _num_blocks(cfg), body, (zero, zero, zero))
+    tot, gp_mean, gq_mean = jax.lax.fori_loop(0, _trips(cfg, keep), body, (zero, zero, zero))
     # JS >= 0 (a sum of Jensen gaps); a NaN logit makes its row NaN.
     bad = jnp.isnan(lse_a) | jnp.isnan(_engine._some(lse_b))
     js = jnp.where(bad, jnp.nan, jnp.maximum(tot, 0))
@@ -1312,7 +1323,7 @@ def _linear_js_bwd(cfg, res, g):
         return [_engine._times(gc, d) if on else None for d, on in zip(grads, need, strict=True)]
 
     heads = ([ha, hb], [wa, wb], [ba, bb])
-    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, need)
+    (dha, dwa, dba), (dhb, dwb, dbb) = _stream_grads(*heads, hp, cfg, dz_fn, keep, need)
     return dha, dwa, dba, dhb, dwb, dbb, None, None
 
 

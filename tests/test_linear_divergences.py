@@ -554,3 +554,19 @@ def test_compiled_memory_is_flat_in_v_and_holds_no_n_by_v_array(kind, dtype):
         assert f"[{n},{v}]" not in hlo, f"an [N, V] array in the compiled {kind}"
     assert temps[65536] < 1.3 * temps[8192], temps
     assert temps[65536] < n * 65536 * 4 / 8, temps
+
+
+@pytest.mark.parametrize("kind", ["kl", "js"])
+def test_two_heads_everything_masked_gives_zeros_and_zero_gradients(kind):
+    """No kept row: no block is visited (the loops run 0 times), outputs and gradients 0."""
+    _, h, w, _ = _draw(25)
+    _, h2, w2, _ = _draw(26)
+    fn = jaxent.linear_kl_divergence if kind == "kl" else jaxent.linear_js_divergence
+    args = _as(jnp.float32, h, w, h2, w2)
+
+    def f(*a):
+        return jnp.sum(fn(*a, where=jnp.zeros(N, bool), block_size=BLOCK))
+
+    assert float(f(*args)) == 0.0
+    for g in jax.grad(f, (0, 1, 2, 3))(*args):
+        np.testing.assert_array_equal(g, 0)
