@@ -344,6 +344,34 @@ def _block(h, w, b, labels, offset, i, hp, cfg: _Config) -> _Block:
     return _Block(z, w_blk, u, first, labels[:, None], mask)
 
 
+def _block_grads(h, w, b, w_blk, start, du, carry, cdt):
+    """Adds one vocabulary block's contribution to ``(dh, dw, db)`` of a head ``h @ w + b``.
+
+    ``du`` ``[N, B]`` (compute dtype) is the gradient w.r.t. the block's
+    pre-activation logits; the matmuls run in the input dtype with ``cdt``
+    accumulation, and ``dw``/``db`` get the block's columns at ``start``.
+    """
+    dh, dw, db = carry
+    du_in = du.astype(h.dtype)
+    dh = dh + jax.lax.dot_general(
+        du_in, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt
+    )
+    # Under an Explicit mesh the contraction runs over the sharded rows: say
+    # that the result has the (replicated) sharding of the weight block.
+    dw_blk = jax.lax.dot_general(
+        h,
+        du_in,
+        (((0,), (0,)), ((), ())),
+        preferred_element_type=cdt,
+        out_sharding=_explicit_sharding(w_blk),
+    ).astype(w.dtype)
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
+    if db is not None:
+        db_blk = jnp.sum(du.astype(cdt), axis=0).astype(b.dtype)
+        db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
+    return dh, dw, db
+
+
 def _linear_ce_primal(
     h: Array, w: Array, b: Array | None, labels: Array, rw: Array, hp: Array, cfg: _Config
 ) -> Array:
@@ -401,25 +429,7 @@ def _linear_ce_bwd(cfg, res, g):
             du = du / hp[3]
         if cfg.softcap:
             du = du * _engine.softcap_grad(blk.u, hp[2])
-        du = du.astype(h.dtype)
-        start, w_blk = blk.start - offset, blk.w_blk
-        dh = dh + jax.lax.dot_general(
-            du, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt
-        )
-        # Under an Explicit mesh the contraction runs over the sharded rows: say
-        # that the result has the (replicated) sharding of the weight block.
-        dw_blk = jax.lax.dot_general(
-            h,
-            du,
-            (((0,), (0,)), ((), ())),
-            preferred_element_type=cdt,
-            out_sharding=_explicit_sharding(w_blk),
-        ).astype(w.dtype)
-        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
-        if db is not None:
-            db_blk = jnp.sum(du.astype(cdt), axis=0).astype(b.dtype)
-            db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
-        return dh, dw, db
+        return _block_grads(h, w, b, blk.w_blk, blk.start - offset, du, (dh, dw, db), cdt)
 
     refs = (h, w, b, labels, hp, gcol)
     init = (
@@ -975,22 +985,7 @@ def _stream_grads(hs, ws, bs, hp, cfg: _DistConfig, dz_fn, live, need=None):
                 continue
             if cfg.temp:
                 dz = dz / hp[0]
-            du = dz.astype(h.dtype)
-            dh = dh + jax.lax.dot_general(
-                du, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt
-            )
-            dw_blk = jax.lax.dot_general(
-                h,
-                du,
-                (((0,), (0,)), ((), ())),
-                preferred_element_type=cdt,
-                out_sharding=_explicit_sharding(w_blk),
-            ).astype(w.dtype)
-            dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_blk, start, axis=1)
-            if db is not None:
-                db_blk = jnp.sum(dz, axis=0).astype(b.dtype)
-                db = jax.lax.dynamic_update_slice_in_dim(db, db_blk, start, axis=0)
-            out.append((dh, dw, db))
+            out.append(_block_grads(h, w, b, w_blk, start, dz, (dh, dw, db), cdt))
         return tuple(out)
 
     init = tuple(
@@ -1178,6 +1173,14 @@ def _kl_cotangent(g, keep, lse_a):
     return jnp.where(keep[:, None] & (lse_a != -jnp.inf), g, zero)
 
 
+def _two_head_inputs(ha, wa, ba, hb, wb, bb, keep, hp):
+    """``(heads, (need_p, need_q), keep, hp)`` from a two-head custom-VJP forward's arguments."""
+    (ha, wa, ba), need_a = _unwrap(ha, wa, ba)
+    (hb, wb, bb), need_b = _unwrap(hb, wb, bb)
+    (keep, hp), _ = _unwrap(keep, hp)
+    return ([ha, hb], [wa, wb], [ba, bb]), (need_a, need_b), keep, hp
+
+
 def _kl_like(keep: Array, cdt: Any) -> _engine.Moments:
     zero = jnp.zeros(keep.shape + (1,), cdt)
     return _engine.Moments(zero, zero, None, None, zero, zero, zero)
@@ -1191,14 +1194,12 @@ _linear_kl = jax.custom_vjp(_linear_kl_primal, nondiff_argnums=(8,))
 
 
 def _linear_kl_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
-    (ha, wa, ba), need_a = _unwrap(ha, wa, ba)
-    (hb, wb, bb), need_b = _unwrap(hb, wb, bb)
-    (keep, hp), _ = _unwrap(keep, hp)
+    heads, (need_a, need_b), keep, hp = _two_head_inputs(ha, wa, ba, hb, wb, bb, keep, hp)
+    (ha, hb), (wa, wb), (ba, bb) = heads
 
     def part(zs, start, mask, i):
         return _engine.partial_moments(zs[0], zs[1], axis=1, mask=mask)
 
-    heads = ([ha, hb], [wa, wb], [ba, bb])
     st = _stream_moments(*heads, hp, cfg, part, _kl_like(keep, hp.dtype), keep)
     out, rows = _kl_finish(st, keep)
     flags = (_flag(need_a), _flag(need_b))
@@ -1278,10 +1279,8 @@ _linear_js = jax.custom_vjp(_linear_js_primal, nondiff_argnums=(8,))
 
 
 def _linear_js_fwd(ha, wa, ba, hb, wb, bb, keep, hp, cfg):
-    (ha, wa, ba), need_a = _unwrap(ha, wa, ba)
-    (hb, wb, bb), need_b = _unwrap(hb, wb, bb)
-    (keep, hp), _ = _unwrap(keep, hp)
-    heads = ([ha, hb], [wa, wb], [ba, bb])
+    heads, (need_a, need_b), keep, hp = _two_head_inputs(ha, wa, ba, hb, wb, bb, keep, hp)
+    (ha, hb), (wa, wb), (ba, bb) = heads
     zero = jnp.zeros(keep.shape + (1,), hp.dtype)
 
     def norms(zs, start, mask, i):
