@@ -298,7 +298,44 @@ def _check_base(base: Any) -> Any:
 
 
 @_register
-class NegativeLogLikelihood(_SumMetric):
+class _BasedMean(_SumMetric):
+    """A mean over kept examples: a summed value, a count, and the log base of ``compute()``."""
+
+    total: Array
+    count: Array
+    base: float | None = _static()
+    _sums: ClassVar[tuple[str, ...]] = ("total", "count")
+
+    @classmethod
+    def empty(cls, base: float | None = None):
+        return cls(_float(), _zero_count(), _check_base(base))
+
+    def compute(self) -> Array:
+        return _checks.in_base(_mean(self.total, self.count), self.base)
+
+
+@_register
+class _SummedNLL(_BasedMean):
+    """The state of :class:`NegativeLogLikelihood` and :class:`Perplexity`: summed NLL, count."""
+
+    @classmethod
+    def from_model_output(
+        cls,
+        logits: ArrayLike,
+        labels: ArrayLike,
+        *,
+        where: ArrayLike | None = None,
+        ignore_index: int | None = None,
+        base: float | None = None,
+        **_: Any,
+    ):
+        x, y, keep = _prepare(logits, labels, where, ignore_index)
+        r = _row_summary(x, y)
+        return cls(_masked_sum(r["nll"], keep), _count(keep), _check_base(base))
+
+
+@_register
+class NegativeLogLikelihood(_SummedNLL):
     r"""Mean negative log-likelihood per kept token.
 
     compute() = sum_i -log softmax(z_i)_{y_i} / (number of kept tokens), in ``base``.
@@ -322,36 +359,9 @@ class NegativeLogLikelihood(_SumMetric):
       Array(1.5, dtype=float32)
     """
 
-    total: Array
-    count: Array
-    base: float | None = _static()
-    _sums: ClassVar[tuple[str, ...]] = ("total", "count")
-
-    @classmethod
-    def empty(cls, base: float | None = None):
-        return cls(_float(), _zero_count(), _check_base(base))
-
-    @classmethod
-    def from_model_output(
-        cls,
-        logits: ArrayLike,
-        labels: ArrayLike,
-        *,
-        where: ArrayLike | None = None,
-        ignore_index: int | None = None,
-        base: float | None = None,
-        **_: Any,
-    ):
-        x, y, keep = _prepare(logits, labels, where, ignore_index)
-        r = _row_summary(x, y)
-        return cls(_masked_sum(r["nll"], keep), _count(keep), _check_base(base))
-
-    def compute(self) -> Array:
-        return _checks.in_base(_mean(self.total, self.count), self.base)
-
 
 @_register
-class Perplexity(_SumMetric):
+class Perplexity(_SummedNLL):
     r"""Perplexity: exp of the mean NLL in nats, weighted by kept tokens across batches.
 
     compute() = exp( sum_i -log softmax(z_i)_{y_i} / |I| ).
@@ -372,30 +382,6 @@ class Perplexity(_SumMetric):
       >>> metrics.Perplexity.from_model_output(z, jnp.array([0, 0])).compute()  # sqrt(2 * 4)
       Array(2.828427, dtype=float32)
     """
-
-    total: Array
-    count: Array
-    base: float | None = _static()
-    _sums: ClassVar[tuple[str, ...]] = ("total", "count")
-
-    @classmethod
-    def empty(cls, base: float | None = None):
-        return cls(_float(), _zero_count(), _check_base(base))
-
-    @classmethod
-    def from_model_output(
-        cls,
-        logits: ArrayLike,
-        labels: ArrayLike,
-        *,
-        where: ArrayLike | None = None,
-        ignore_index: int | None = None,
-        base: float | None = None,
-        **_: Any,
-    ):
-        x, y, keep = _prepare(logits, labels, where, ignore_index)
-        r = _row_summary(x, y)
-        return cls(_masked_sum(r["nll"], keep), _count(keep), _check_base(base))
 
     def compute(self) -> Array:
         return jnp.exp(_mean(self.total, self.count))
@@ -683,7 +669,7 @@ class BrierScore(_SumMetric):
 
 
 @_register
-class PredictiveEntropy(_SumMetric):
+class PredictiveEntropy(_BasedMean):
     r"""Mean entropy of the predicted distribution softmax(z) over kept examples.
 
     compute() = (1/|I|) sum_i H(softmax(z_i)), in ``base``. For an ensemble,
@@ -702,15 +688,6 @@ class PredictiveEntropy(_SumMetric):
       Array(2., dtype=float32)
     """
 
-    total: Array
-    count: Array
-    base: float | None = _static()
-    _sums: ClassVar[tuple[str, ...]] = ("total", "count")
-
-    @classmethod
-    def empty(cls, base: float | None = None):
-        return cls(_float(), _zero_count(), _check_base(base))
-
     @classmethod
     def from_model_output(
         cls,
@@ -726,12 +703,9 @@ class PredictiveEntropy(_SumMetric):
         r = _row_summary(x, None)
         return cls(_masked_sum(r["entropy"], keep), _count(keep), _check_base(base))
 
-    def compute(self) -> Array:
-        return _checks.in_base(_mean(self.total, self.count), self.base)
-
 
 @_register
-class MutualInformation(_SumMetric):
+class MutualInformation(_BasedMean):
     r"""Mean ensemble mutual information (BALD) over kept examples.
 
     compute() = (1/|I|) sum_i [H(mean_m p_im) - mean_m H(p_im)], in ``base``
@@ -750,15 +724,6 @@ class MutualInformation(_SumMetric):
       >>> metrics.MutualInformation.from_model_output(z, base=2).compute()  # (1 + 0) / 2
       Array(0.5, dtype=float32)
     """
-
-    total: Array
-    count: Array
-    base: float | None = _static()
-    _sums: ClassVar[tuple[str, ...]] = ("total", "count")
-
-    @classmethod
-    def empty(cls, base: float | None = None):
-        return cls(_float(), _zero_count(), _check_base(base))
 
     @classmethod
     def from_model_output(
@@ -789,9 +754,6 @@ class MutualInformation(_SumMetric):
                 )
             keep = jnp.broadcast_to(w, mi.shape)
         return cls(_masked_sum(mi, keep), _count(keep), _check_base(base))
-
-    def compute(self) -> Array:
-        return _checks.in_base(_mean(self.total, self.count), self.base)
 
 
 # --------------------------------------------------------------------------- all at once
