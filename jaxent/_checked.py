@@ -361,6 +361,12 @@ BY_ARGUMENT: dict[str, _Validator] = {
     "weight_shard": finite,
     "bias": finite,
     "bias_shard": finite,
+    "p_hidden": finite,
+    "p_weight": finite,
+    "q_hidden": finite,
+    "q_weight": finite,
+    "p_bias": finite,
+    "q_bias": finite,
 }
 
 #: Function name -> {argument name: validator}: the exceptions to

@@ -152,64 +152,58 @@ def _row_max(x: Array, axis: int) -> Array:
     )
 
 
-def _kl_logit_stats(a, b, mask, axis):
-    """``(e_a, s_a, s_b, w, d_ab)`` with ``w = sum e_a (sh_a - sh_b)`` (keepdims).
+def _kl_logit_terms(a, b, mask, axis):
+    """The per-entry terms ``p_i g(d_i)`` of ``D`` (``D`` is their sum).
 
-    ``D = w / s_a + log s_b - log s_a``: three passes over each input (row
-    maxima; the row sums; ``w``) that write nothing of size N x K.
-    ``d_ab = max(sh_a, lowest) - max(sh_b, lowest)`` is finite wherever a
-    logit is ``-inf`` (so ``0 * d_ab = 0`` where ``p = 0``, also where both
-    are ``-inf``); ``w`` gets ``+inf`` from the term ``e_a / (r + 1 - sign
-    e_a)``, ``r = 1 / (max(sh_b, lowest) - sh_b)``, which is ``+inf`` exactly
-    where ``p > 0 = q`` and 0 elsewhere (a NaN logit keeps its NaN).
+    With ``d_i = log p_i - log q_i`` and ``g(d) = d + e^{-d} - 1 >= 0``,
+    ``D = sum p_i d_i + sum (q_i - p_i) = sum p_i g(d_i)``: a sum of terms
+    >= 0, so no cancellation across classes (issue 9 defect 3). Each term is
+    ``p d + (q - p)`` with ``q - p = sign(d) max(p, q) expm1(-|d|)`` formed
+    from the same rounded ``d`` (the two parts cancel to ``p d^2 / 2`` when
+    ``p ~ q``; the error is ``eps |p - q| |log p|``, not ``eps |log p|``). A
+    rounding ``r`` of the row constants ``log s`` enters only as
+    ``r sum (p - q) + O(r^2) = O(r^2)``. ``log p`` is ``(a - m) - log s``
+    (shift-invariant, as :func:`jaxent._information._entropy_rows`).
 
-    Fusion (XLA:CPU, f32 512 x 32768, ``memory_analysis``): a select or a
-    compare inside the third reduction, or a second use of the row maxima's
-    broadcast, makes XLA write 64-256 MiB of N x K temporaries; with the
-    arithmetic guards above and an ``optimization_barrier`` on the maxima the
-    forward's temporary memory is 0.
+    Support: ``-inf`` logits are clamped to the lowest float, so ``p = 0``
+    gives the term ``q`` (``0 * d = 0``) and both ``-inf`` give 0; the term
+    ``2 min(max(log p, lowest) - lowest, max(log q, lowest) - log q)`` is
+    ``+inf`` exactly where ``p > 0 = q`` and 0 elsewhere (NaN stays NaN).
+
+    Fusion (XLA:CPU with YNNPACK, f32 4096 x 32768): selects and compares
+    split the graph into several fusions that write N x K buffers; this
+    select-free form (row guards through ``maximum``/``sign``) compiles to one
+    fusion with no N x K temporary, as optax's log-softmax formula does.
     """
     a, b = _masked(a, mask), _masked(b, mask)
+    tiny, low = jnp.finfo(a.dtype).tiny, jnp.finfo(a.dtype).min
     m_a, m_b = _row_max(a, axis), _row_max(b, axis)
     s_a = jnp.sum(jnp.exp(a - m_a), axis=axis, keepdims=True)
     s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
-    m_a, m_b = jax.lax.optimization_barrier((m_a, m_b))
-    sh_a, sh_b = a - m_a, b - m_b
-    e_a = jnp.exp(sh_a)
-    low = jnp.finfo(a.dtype).min
-    sh_b_c = jnp.maximum(sh_b, low)
-    d_ab = jnp.maximum(sh_a, low) - sh_b_c
-    r = 1 / (sh_b_c - sh_b)
-    inf_term = e_a / (r + (1 - jnp.sign(e_a)))
-    w = jnp.sum(e_a * d_ab + inf_term, axis=axis, keepdims=True)
-    # s_b - s_a = sum (e_b - e_a), each difference formed without cancellation
-    # (issue 9 defect 3: log s_b - log s_a loses every digit when p ~ q):
-    # e_b - e_a = sign(t) max(e_a, e_b) (1 - exp(-|t|)), t = sh_b - sh_a,
-    # select-free and bounded (clamped -inf entries give t = 0 or a huge |t|).
-    t = sh_b_c - jnp.maximum(sh_a, low)
-    big = jnp.exp(jnp.maximum(sh_a, sh_b))
-    diff = jnp.sum(jnp.sign(t) * big * -jnp.expm1(-jnp.abs(t)), axis=axis, keepdims=True)
-    return e_a, s_a, s_b, w, d_ab, sh_b, diff
+    # An empty row (s = 0) gets log(tiny): its log-probabilities stay -inf.
+    ls_a = (a - m_a) - jnp.log(jnp.maximum(s_a, tiny))
+    ls_b = (b - m_b) - jnp.log(jnp.maximum(s_b, tiny))
+    ls_a_c, ls_b_c = jnp.maximum(ls_a, low), jnp.maximum(ls_b, low)
+    d = ls_a_c - ls_b_c
+    p = jnp.exp(ls_a_c)
+    q_minus_p = jnp.sign(d) * jnp.exp(jnp.maximum(ls_a_c, ls_b_c)) * jnp.expm1(-jnp.abs(d))
+    # +inf exactly where p > 0 = q: both differences are > 0 only there, and
+    # then the smaller (about -lowest) doubled overflows; 0 elsewhere, NaN kept.
+    inf_term = 2 * jnp.minimum(ls_a_c - low, ls_b_c - ls_b)
+    # An empty p row (s_a = 0) has p = 0 and would sum q: sign(s_a) = 0 removes
+    # it (a NaN row stays NaN). Inside the terms, not on the row sum: a use of
+    # s_a after the last reduction doubled the forward's time (XLA:CPU, YNNPACK).
+    return p * d + q_minus_p * jnp.sign(s_a) + inf_term
 
 
-def _kl_logit_value(s_a, s_b, w, diff):
-    # Empty p row (s_a = 0): 0, unless q's row is NaN (s_b * 0 keeps the NaN).
-    safe_a = jnp.where(s_a == 0, 1, s_a)
-    safe_b = jnp.where(s_b == 0, 1, s_b)
-    # log(s_b / s_a) = log1p((s_b - s_a) / s_a): relative accuracy when p ~ q;
-    # the plain difference of logs where the ratio is far from 1.
-    x = diff / safe_a
-    near = jnp.abs(x) < 0.5
-    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, x, 0)), jnp.log(safe_b) - jnp.log(safe_a))
-    d = w / safe_a + log_ratio
-    d = jnp.where(s_b == 0, jnp.inf, d)  # p has mass, q none: +inf
-    return jnp.where(s_a == 0, s_b * 0, d)
+def _kl_logit_value(terms, axis):
+    # Every term is >= 0: rounding cannot make D negative. No select (fusion).
+    return jnp.maximum(jnp.sum(terms, axis=axis), 0)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _kl_logits(a: Array, b: Array, mask: Array | None, axis: int) -> Array:
-    _, s_a, s_b, w, _, _, diff = _kl_logit_stats(a, b, mask, axis)
-    return jnp.squeeze(_kl_logit_value(s_a, s_b, w, diff), axis)
+    return _kl_logit_value(_kl_logit_terms(a, b, mask, axis), axis)
 
 
 def _kl_logits_jvp(axis, primals, tangents):
@@ -293,9 +287,11 @@ def kl_divergence_from_logits(
       \frac{\partial D}{\partial a} = p \odot (\log p - \log q - D)
 
     (seed 004: equals :math:`H(p, q) - H(p)` computed with two cross-entropy
-    calls). Computed from the shifted logits in two passes (nothing of size
-    N x K is written in the forward): no ``0 * log 0`` NaN at ``-inf``/masked
-    logits; a class with :math:`p_i > 0` and a ``-inf`` ``q`` logit gives
+    calls). Computed as :math:`\sum_i p_i g(d_i)`, :math:`d_i = \log p_i - \log q_i`,
+    :math:`g(d) = d + e^{-d} - 1 \ge 0`: a sum of non-negative terms that keeps
+    its relative accuracy when :math:`p \approx q` (scipy gh-20710's cases)
+    and is exactly 0 for identical distributions; the forward writes nothing
+    of size N x K. No ``0 * log 0`` NaN at ``-inf``/masked logits; a class with :math:`p_i > 0` and a ``-inf`` ``q`` logit gives
     ``+inf`` (its gradient in ``a`` is 0: the value is constant there). A row
     where ``p`` has no class left gives 0; a NaN in a kept logit gives NaN
     (never 0), as does a ``+inf`` logit.
@@ -603,17 +599,54 @@ def _js_logit_value(t, nan_guard, axis):
     return jnp.maximum(jnp.sum(t, axis=axis), 0) + nan_guard
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def _js_logits(a: Array, b: Array, mask: Array | None, beta: Array, axis: int, normalized: bool):
+def _js_fused_terms(a, b, mask, beta, axis):
+    """Per-entry Jensen gaps for ``beta`` in [1/4, 3/4], unnormalised, select-free.
+
+    With ``d = log q - log p``, ``E = expm1(-|d|)`` and ``c`` the weight of
+    the larger side (``beta`` where ``q >= p``, ``1 - beta`` where ``p > q``),
+    ``L = log1p(c E)`` is the log-ratio of the mixture to the larger
+    probability, and ``log(m/p) = L + max(d, 0)``, ``log(m/q) = L + max(-d, 0)``
+    (the same values as :func:`_mix_log_ratio`, exactly 0 at ``d = 0``). For
+    ``beta`` in [1/4, 3/4], ``1 + c E >= 1/4``: ``log1p`` keeps its relative
+    accuracy everywhere, so no branch is needed. ``-inf`` logits are clamped
+    to the lowest float: ``p = 0`` gives ``0 * log(m/p) = 0`` (finite) and
+    ``log(m/q) = log(1 - beta)`` as the support convention's limit.
+
+    Fusion: only ``maximum``/``sign``/``expm1``/``log1p`` and no select, so
+    the forward compiles to one fusion without N x K temporaries (see
+    :func:`_kl_logit_terms`); other ``beta`` and ``normalized=True`` take
+    :func:`js_terms` (its selects cost N x K writes, not accuracy).
+    """
+    a, b = _masked(a, mask), _masked(b, mask)
+    tiny, low = jnp.finfo(a.dtype).tiny, jnp.finfo(a.dtype).min
+    m_a, m_b = _row_max(a, axis), _row_max(b, axis)
+    s_a = jnp.sum(jnp.exp(a - m_a), axis=axis, keepdims=True)
+    s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
+    ls_p = jnp.maximum((a - m_a) - jnp.log(jnp.maximum(s_a, tiny)), low)
+    ls_q = jnp.maximum((b - m_b) - jnp.log(jnp.maximum(s_b, tiny)), low)
+    d = ls_q - ls_p
+    c = 0.5 + (beta - 0.5) * jnp.sign(d)
+    big_l = jnp.log1p(c * jnp.expm1(-jnp.abs(d)))
+    lmp = big_l + jnp.maximum(d, 0)
+    lmq = big_l + jnp.maximum(-d, 0)
+    return -beta * jnp.exp(ls_p) * lmp - (1 - beta) * jnp.exp(ls_q) * lmq
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _js_logits(
+    a: Array, b: Array, mask: Array | None, beta: Array, axis: int, normalized: bool, fused: bool
+):
+    if fused:
+        return jnp.maximum(jnp.sum(_js_fused_terms(a, b, mask, beta, axis), axis=axis), 0)
     (_, _, t, _, _), guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
     return _js_logit_value(t, guard, axis)
 
 
-def _js_logits_jvp(axis, normalized, primals, tangents):
+def _js_logits_jvp(axis, normalized, fused, primals, tangents):
     a, b, mask, beta = primals
     da, db, _, _ = tangents
     (p, q, t, g_p, g_q), guard = _js_logit_parts(a, b, mask, beta, axis, normalized)
-    out = _js_logit_value(t, guard, axis)
+    out = _js_logits(a, b, mask, beta, axis, normalized, fused)
     dout = None
     # Chain through the softmax Jacobian: p * (g - <p, g>).
     if not _checks.is_symbolic_zero(da):
@@ -633,7 +666,13 @@ _js_logits.defjvp(_js_logits_jvp, symbolic_zeros=True)
 
 def _js_from_logits(p_logits, q_logits, where, *, axis, base, beta, normalized, temperature):
     a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
-    out = _js_logits(a, b, mask, jnp.asarray(beta, a.dtype), ax, normalized)
+    # The select-free forward needs a concrete beta in [1/4, 3/4] (see _js_fused_terms).
+    fused = (
+        not normalized
+        and isinstance(beta, (int, float, np.integer, np.floating))
+        and 0.25 <= float(beta) <= 0.75
+    )
+    out = _js_logits(a, b, mask, jnp.asarray(beta, a.dtype), ax, normalized, fused)
     return _checks.in_base(out, base).astype(dt)
 
 

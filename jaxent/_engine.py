@@ -458,7 +458,7 @@ def _neg_log_probs(x, st, mask, cdt):
     return jnp.where(ok, nlp, jnp.zeros((), cdt))
 
 
-def _dense_fast(x, tgt, mask, axis, exclude_true):
+def _dense_fast(x, tgt, mask, axis, exclude_true, integer_only=False):
     """The forward loss as one fused chain: max, sum exp, then ``sum a (log s - (z - m))``.
 
     Every term is >= 0 (no cancellation) and only arithmetic stands between
@@ -515,20 +515,30 @@ def _dense_fast(x, tgt, mask, axis, exclude_true):
     if tgt.z_loss is not None:
         lse = log_s + m0
         loss = loss + mul(tgt.z_loss, lse * lse)
-    keep = m != -jnp.inf
+    if integer_only:
+        keep = m != -jnp.inf
+        if tgt.keep is not None:
+            keep = keep & tgt.keep
+        return jnp.where(keep, loss, zero), m
+    # With a spread or soft term an empty row gives NaN here (-inf - -inf) and
+    # is sent to the guarded statistics with every other non-finite row: the
+    # max then has no user outside this chain, which XLA:CPU compiles to one
+    # fused pass (max, sum exp, weighted sum), as it does optax's loss.
     if tgt.keep is not None:
-        keep = keep & tgt.keep
-    return jnp.where(keep, loss, zero), m
+        loss = jnp.where(tgt.keep, loss, zero)
+    return loss, None
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _dense(x: Array, tgt: Target, mask: Array | None, axis: int, exclude_true: bool) -> Array:
-    loss, m = _dense_fast(x, tgt, mask, axis, exclude_true)
     if tgt.labels is not None and tgt.coef is None and tgt.soft is None:
-        return loss  # integer labels alone: no 0 * inf can occur, nothing to guard
-    # A row that is not finite although its max is: recompute with the guarded
-    # statistics (-inf logits without label mass, logits beyond the float range).
-    redo = jnp.any(~jnp.isfinite(loss) & jnp.isfinite(m))
+        # integer labels alone: no 0 * inf can occur, nothing to guard
+        return _dense_fast(x, tgt, mask, axis, exclude_true, integer_only=True)[0]
+    loss, _ = _dense_fast(x, tgt, mask, axis, exclude_true)
+    # A row that is not finite: recompute with the guarded statistics (-inf
+    # logits without label mass, empty rows, logits beyond the float range;
+    # a NaN row is recomputed too, and stays NaN).
+    redo = jnp.any(~jnp.isfinite(loss))
 
     def guarded():
         st = partial_stats(x, tgt, axis=axis, exclude_true=exclude_true, mask=mask)

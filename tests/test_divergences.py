@@ -312,6 +312,82 @@ class TestKLFromLogits:
         np.testing.assert_array_equal(np.asarray(g)[0], 0.0)
 
 
+class TestFusedForwardSupport:
+    """The select-free forwards (issue 10) keep the support convention and signs.
+
+    KL from logits and JS (beta in [1/4, 3/4], unnormalised) have a forward
+    without selects; ``-inf`` logits on one side, on both, and at whole rows
+    must still give the float64 references (scipy), ``+inf`` where p > 0 = q.
+    """
+
+    A = np.array(
+        [
+            [0.0, -np.inf, 1.0, -2.0],  # q = 0 < p at class 0 (row 1): KL = +inf
+            [-np.inf, 0.5, 1.0, -np.inf],  # p = 0 at 0 (term q), both -inf at 3
+            [2.0, 2.0, 2.0, 2.0],
+        ]
+    )
+    B = np.array(
+        [
+            [1.0, 0.0, 0.5, 3.0],
+            [0.3, 0.5, -1.0, -np.inf],
+            [0.0, 0.0, 0.0, 0.0],  # identical distribution, other logits: 0
+        ]
+    )
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_kl_support(self, dtype):
+        b = self.B.copy()
+        b[0, 0] = -np.inf
+        with jax.enable_x64(dtype == np.float64):
+            got = np.asarray(
+                jaxent.kl_divergence_from_logits(self.A.astype(dtype), b.astype(dtype))
+            )
+        ref = _rel_entr_sum(_softmax64(self.A), _softmax64(b))
+        assert got[0] == np.inf and ref[0] == np.inf
+        np.testing.assert_allclose(got[1], ref[1], rtol=50 * np.finfo(dtype).eps)
+        assert got[2] == 0.0
+
+    @pytest.mark.parametrize("beta", [0.25, 0.5, 0.75])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_js_support(self, beta, dtype):
+        with jax.enable_x64(dtype == np.float64):
+            a, b = self.A.astype(dtype), self.B.astype(dtype)
+            got = np.asarray(jaxent.js_divergence_from_logits(a, b, beta=beta))
+            swapped = np.asarray(jaxent.js_divergence_from_logits(b, a, beta=1 - beta))
+        ref = _ref_js(_softmax64(self.A), _softmax64(self.B), beta)
+        # 200 ulps: the general (select) path is off by the same 85 ulps here (float64).
+        np.testing.assert_allclose(got, ref, rtol=200 * np.finfo(dtype).eps)
+        np.testing.assert_allclose(swapped, ref, rtol=200 * np.finfo(dtype).eps)
+        assert got[2] == 0.0
+        if beta == 0.5:
+            d = jensenshannon(_softmax64(self.A), _softmax64(self.B), axis=-1)
+            # scipy's distance is a square root: its square carries ~1e-14.
+            np.testing.assert_allclose(got, d**2, rtol=max(200 * np.finfo(dtype).eps, 1e-12))
+
+    def test_js_fused_and_general_paths_agree_near_p_equal_q(self):
+        # beta = 0.5 (select-free) against a traced beta (the general path),
+        # both against the float64 reference, on rows with p ~ q.
+        rng = np.random.default_rng(43)
+        a = rng.normal(size=(6, 50)) * 2
+        b = a + 1e-3 * rng.normal(size=a.shape) + 0.7
+        ref = _ref_js(_softmax64(a.astype(F32)), _softmax64(b.astype(F32)), 0.5)
+        fused = jaxent.js_divergence_from_logits(a.astype(F32), b.astype(F32))
+        general = jax.jit(lambda x, y, t: jaxent.js_divergence_from_logits(x, y, beta=t))(
+            a.astype(F32), b.astype(F32), F32(0.5)
+        )
+        for got in (fused, general):
+            np.testing.assert_allclose(got, ref, rtol=2e-3)
+
+    def test_nan_row_stays_nan(self):
+        a = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]], F32)
+        b = np.zeros((2, 3), F32)
+        for fn in (jaxent.kl_divergence_from_logits, jaxent.js_divergence_from_logits):
+            for x, y in ((a, b), (b, a)):
+                out = np.asarray(fn(x, y))
+                assert np.isnan(out[0]) and np.isfinite(out[1]), (fn.__name__, out)
+
+
 # --------------------------------------------------------------------------- issue 12
 
 
@@ -500,7 +576,9 @@ def test_eager_calls_are_one_dispatch():
         assert len(eqns) == 1 and eqns[0].primitive.name in ("pjit", "jit"), eqns
 
 
-@pytest.mark.parametrize("beta, normalized", [(0.0, True), (1.0, True), (1e-3, True), (0.999, True)])
+@pytest.mark.parametrize(
+    "beta, normalized", [(0.0, True), (1.0, True), (1e-3, True), (0.999, True)]
+)
 def test_js_near_its_kl_endpoints_keeps_relative_accuracy(beta, normalized):
     """log(m/p) = log1p(a expm1(d)) lost every digit at a ~ 1, d << 0 (p >> q):
     the normalised JS at beta = 0 was D(p||q) to only 6e-4 (found by issue 13's

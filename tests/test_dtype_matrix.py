@@ -268,6 +268,8 @@ OTHER = {
     "optimal_logit_gap": "test_optimal_logit_gap_dtypes",
     "vocab_parallel_cross_entropy": "needs shard_map over devices: tests/test_large_vocab.py",
     "vocab_parallel_linear_cross_entropy": "needs shard_map: tests/test_large_vocab.py",
+    "vocab_parallel_log_prob_and_entropy": "needs shard_map: tests/test_sharding.py (bf16 mesh)",
+    "vocab_parallel_kl_divergence": "needs shard_map: tests/test_sharding.py (bf16 mesh)",
 }
 
 

@@ -49,6 +49,10 @@ def _inputs(rng):
         "std_q": np.full((B, K), 2.0, np.float32),
         "hidden": rng.normal(size=(B, D)).astype(np.float32),
         "weight": rng.normal(size=(D, K)).astype(np.float32),
+        "p_hidden": rng.normal(size=(B, D)).astype(np.float32),
+        "p_weight": rng.normal(size=(D, K)).astype(np.float32),
+        "q_hidden": rng.normal(size=(B, D + 1)).astype(np.float32),
+        "q_weight": rng.normal(size=(D + 1, K)).astype(np.float32),
         "teacher_indices": np.array([[0, 1], [2, 3], [1, 0]]),
         "teacher_log_probs": np.log(np.full((B, 2), 0.4, np.float32)),
         "epsilon": 0.1,
@@ -63,7 +67,7 @@ def _labels_for(fn, rng):
     name = fn.__name__
     if name in ("sigmoid_binary_cross_entropy", "binary_cross_entropy"):
         return rng.uniform(size=(B, K)).astype(np.float32)
-    if "ignore_index" in params or "integer" in name or name in ("log_prob_from_logits",):
+    if "ignore_index" in params or "integer" in name or "log_prob" in name:
         return np.array([0, 3, 1])
     if name in ("brier_score", "smooth_labels"):
         return np.array([0, 3, 1])
