@@ -300,15 +300,15 @@ def aggregate_loss(
     With m the mask, n_b = sum_t m[b, t] the tokens of sequence b and
     S = {b : n_b > 0} the sequences with at least one token:
 
-    =============================  ===========================================  ================
-    mode                           value                                        ``normalizer``
-                                                                                replaces
-    =============================  ===========================================  ================
-    ``"token-mean"``               sum_{b,t} m L / N,  N = sum_b n_b            N
-    ``"seq-mean-token-sum"``       sum_{b in S} (sum_t m L) / |S|                |S|
-    ``"seq-mean-token-mean"``      sum_{b in S} (sum_t m L / n_b) / |S|          |S|
-    ``"seq-mean-token-sum-norm"``  sum_{b,t} m L / T,  T = ``losses.shape[-1]``  T
-    =============================  ===========================================  ================
+    =============================  =============================================  ================
+    mode                           value                                          ``normalizer``
+                                                                                  replaces
+    =============================  =============================================  ================
+    ``"token-mean"``               sum_{b,t} m L / N,  N = sum_b n_b              N
+    ``"seq-mean-token-sum"``       sum_{b in S} (sum_t m L) / |S|                  |S|
+    ``"seq-mean-token-mean"``      sum_{b in S} (sum_t m L / n_b) / |S|            |S|
+    ``"seq-mean-token-sum-norm"``  sum_{b,t} m L / T,  T = ``losses.shape[-1]``    T
+    =============================  =============================================  ================
 
     .. math::
       \text{token-mean} = \frac{\sum_{b,t} m_{bt} L_{bt}}{\sum_{b,t} m_{bt}}, \qquad

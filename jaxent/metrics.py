@@ -522,7 +522,8 @@ class CalibrationError(_SumMetric):
     r"""Top-label calibration error over equal-width confidence bins.
 
     With confidence c_i = max_k softmax(z_i)_k, correctness a_i = [argmax z_i == y_i]
-    and bins B_b of equal width on [0, 1]:
+    and bins B_b of equal width on [0, 1]::
+
       "l1" (ECE):   sum_b |B_b|/N |acc(B_b) - conf(B_b)|
       "l2" (RMSCE): sqrt(sum_b |B_b|/N (acc(B_b) - conf(B_b))^2)
       "max" (MCE):  max_b |acc(B_b) - conf(B_b)|
