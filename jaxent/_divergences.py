@@ -15,6 +15,7 @@ gradient is finite at zero probabilities; :math:`p_i > 0 = q_i` gives
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -624,12 +625,34 @@ def _js_fused_terms(a, b, mask, beta, axis):
     s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
     ls_p = jnp.maximum((a - m_a) - jnp.log(jnp.maximum(s_a, tiny)), low)
     ls_q = jnp.maximum((b - m_b) - jnp.log(jnp.maximum(s_b, tiny)), low)
+    return js_fused_entry(ls_p, ls_q, beta)[2]
+
+
+def js_fused(beta: Any, normalized: bool) -> bool:
+    """Whether :func:`js_fused_entry` applies: a concrete ``beta`` in [1/4, 3/4], unnormalised."""
+    return (
+        not normalized
+        and isinstance(beta, (int, float, np.integer, np.floating))
+        and 0.25 <= float(beta) <= 0.75
+    )
+
+
+def js_fused_entry(ls_p: Array, ls_q: Array, beta: Array):
+    """The select-free form of :func:`js_terms` for ``beta`` in [1/4, 3/4], unnormalised.
+
+    ``ls_p``, ``ls_q`` are log-probabilities clamped to the lowest float (no
+    ``-inf``). Returns ``(p, q, t, g_p, g_q)`` as :func:`js_terms` does: with
+    ``d = log q - log p`` and ``c`` the weight of the larger side,
+    ``L = log1p(c expm1(-|d|))``, ``log(m/p) = L + max(d, 0)``,
+    ``log(m/q) = L + max(-d, 0)`` (see :func:`_js_fused_terms`).
+    """
     d = ls_q - ls_p
     c = 0.5 + (beta - 0.5) * jnp.sign(d)
     big_l = jnp.log1p(c * jnp.expm1(-jnp.abs(d)))
     lmp = big_l + jnp.maximum(d, 0)
     lmq = big_l + jnp.maximum(-d, 0)
-    return -beta * jnp.exp(ls_p) * lmp - (1 - beta) * jnp.exp(ls_q) * lmq
+    p, q = jnp.exp(ls_p), jnp.exp(ls_q)
+    return p, q, -beta * p * lmp - (1 - beta) * q * lmq, -beta * lmp, -(1 - beta) * lmq
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
@@ -667,11 +690,7 @@ _js_logits.defjvp(_js_logits_jvp, symbolic_zeros=True)
 def _js_from_logits(p_logits, q_logits, where, *, axis, base, beta, normalized, temperature):
     a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
     # The select-free forward needs a concrete beta in [1/4, 3/4] (see _js_fused_terms).
-    fused = (
-        not normalized
-        and isinstance(beta, (int, float, np.integer, np.floating))
-        and 0.25 <= float(beta) <= 0.75
-    )
+    fused = js_fused(beta, normalized)
     out = _js_logits(a, b, mask, jnp.asarray(beta, a.dtype), ax, normalized, fused)
     return _checks.in_base(out, base).astype(dt)
 

@@ -904,6 +904,7 @@ class _DistConfig(NamedTuple):
     axis_name: Any  # that mesh axis, or None
     temp: bool  # logits divided by hp[0]
     normalized: bool = False  # JS divided by beta (1 - beta)
+    fused: bool = False  # JS per-entry terms select-free (a concrete beta in [1/4, 3/4])
 
 
 def _dist_setup(vocab, rows, heads, block_size, shards, axis_name, temperature, cdt, beta=None):
@@ -1260,14 +1261,17 @@ _vp_kl.defvjp(_vp_kl_fwd, _vp_kl_bwd, symbolic_zeros=True)
 
 
 def _js_block(za, zb, mask, lse_a, lse_b, hp, cfg: _DistConfig):
-    """``js_terms`` of one block, from the global log-normalisers."""
-    from jaxent._divergences import js_terms
+    """``js_terms`` (or its select-free form) of one block, from the global log-normalisers."""
+    from jaxent._divergences import js_fused_entry, js_terms
 
     def logp(z, lse):
         lse0 = jnp.where(lse == -jnp.inf, jnp.zeros((), lse.dtype), lse)
         lp = z - lse0
-        return lp if mask is None else jnp.where(mask, lp, -jnp.inf)
+        lp = lp if mask is None else jnp.where(mask, lp, -jnp.inf)
+        return jnp.maximum(lp, jnp.finfo(lp.dtype).min) if cfg.fused else lp
 
+    if cfg.fused:
+        return js_fused_entry(logp(za, lse_a), logp(zb, lse_b), hp[1])
     return js_terms(logp(za, lse_a), logp(zb, lse_b), hp[1], cfg.normalized)
 
 
@@ -1597,14 +1601,14 @@ def linear_js_divergence(
     See also:
       :func:`jaxent.js_divergence_from_logits`, :func:`linear_kl_divergence`.
     """
-    from jaxent._divergences import _check_beta, _check_normalized
+    from jaxent._divergences import _check_beta, _check_normalized, js_fused
 
     _check_beta(beta)
     _check_normalized(normalized)
     args, cfg, rows, out_dt = _two_heads(
         p_hidden, p_weight, q_hidden, q_weight, p_bias, q_bias, where, block_size, temperature, beta
     )
-    cfg = cfg._replace(normalized=bool(normalized))
+    cfg = cfg._replace(normalized=bool(normalized), fused=js_fused(beta, bool(normalized)))
     return _linear_js(*args, cfg).reshape(rows).astype(out_dt)
 
 
