@@ -153,6 +153,17 @@ def _row_max(x: Array, axis: int) -> Array:
     )
 
 
+def _max_then_convert(x: Array, mask: Array | None, axis: int, cdt: Any) -> tuple[Array, Array]:
+    """``(x in cdt, row max)``, the max taken in ``x``'s own dtype (exact).
+
+    For bfloat16 logits the float32 conversion then has one user, inside the
+    fused chain, and is not written out as an N x K copy.
+    """
+    x = _masked(x, mask)
+    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf).astype(cdt)
+    return x.astype(cdt), jnp.maximum(m, jnp.finfo(cdt).min)
+
+
 def _kl_logit_terms(a, b, mask, axis):
     """The per-entry terms ``p_i g(d_i)`` of ``D`` (``D`` is their sum).
 
@@ -176,9 +187,9 @@ def _kl_logit_terms(a, b, mask, axis):
     select-free form (row guards through ``maximum``/``sign``) compiles to one
     fusion with no N x K temporary, as optax's log-softmax formula does.
     """
-    a, b = _masked(a, mask), _masked(b, mask)
-    tiny, low = jnp.finfo(a.dtype).tiny, jnp.finfo(a.dtype).min
-    m_a, m_b = _row_max(a, axis), _row_max(b, axis)
+    cdt = _checks.compute_dtype(a.dtype, b.dtype)
+    tiny, low = jnp.finfo(cdt).tiny, jnp.finfo(cdt).min
+    (a, m_a), (b, m_b) = _max_then_convert(a, mask, axis, cdt), _max_then_convert(b, mask, axis, cdt)
     s_a = jnp.sum(jnp.exp(a - m_a), axis=axis, keepdims=True)
     s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
     # An empty row (s = 0) gets log(tiny): its log-probabilities stay -inf.
@@ -214,6 +225,10 @@ def _kl_logits_jvp(axis, primals, tangents):
     # (Hessians) recurse through it rather than through the +inf guard.
     out = _kl_logits(a, b, mask, axis)
     d = jnp.expand_dims(out, axis)
+    cdt = out.dtype  # the logits arrive in their own dtype (see _kl_from_logits)
+    a, b = a.astype(cdt), b.astype(cdt)
+    da = da if _checks.is_symbolic_zero(da) else da.astype(cdt)
+    db = db if _checks.is_symbolic_zero(db) else db.astype(cdt)
     am, bm = _masked(a, mask), _masked(b, mask)
     m_a, m_b = _row_max(am, axis), _row_max(bm, axis)
     sh_a, sh_b = am - m_a, bm - m_b
@@ -266,6 +281,8 @@ def _check_temperature(temperature):
 
 def _kl_from_logits(p_logits, q_logits, where, *, axis, base, temperature):
     a, b, ax, mask, dt = _prepare_two_logits(p_logits, q_logits, axis, where, temperature)
+    if temperature is None:  # converted inside the rule, after an exact max in their own dtype
+        a, b = jnp.asarray(p_logits), jnp.asarray(q_logits)
     return _checks.in_base(_kl_logits(a, b, mask, ax), base).astype(dt)
 
 
