@@ -230,17 +230,23 @@ def _kl_logits_jvp(axis, primals, tangents):
     da = da if _checks.is_symbolic_zero(da) else da.astype(cdt)
     db = db if _checks.is_symbolic_zero(db) else db.astype(cdt)
     am, bm = _masked(a, mask), _masked(b, mask)
-    m_a, m_b = _row_max(am, axis), _row_max(bm, axis)
+    # The row statistics from their own copies of the inputs, behind a
+    # barrier: otherwise XLA:CPU shares ``x - m`` and ``exp(x - m)`` between
+    # the sums and the gradient and writes four N x K buffers; this way the
+    # gradient is one elementwise pass writing only itself (value_and_grad in
+    # q at 4096 x 32768 f32: 1.09x -> 0.69x optax).
+    a1, b1 = jax.lax.optimization_barrier((am, bm))
+    m_a, m_b = _row_max(a1, axis), _row_max(b1, axis)
+    s_a = jnp.sum(jnp.exp(a1 - m_a), axis=axis, keepdims=True)
+    s_b = jnp.sum(jnp.exp(b1 - m_b), axis=axis, keepdims=True)
+    m_a, m_b, s_a, s_b = jax.lax.optimization_barrier((m_a, m_b, s_a, s_b))
     sh_a, sh_b = am - m_a, bm - m_b
-    e_a = jnp.exp(sh_a)
-    s_a = jnp.sum(e_a, axis=axis, keepdims=True)
     safe_a = jnp.where(s_a == 0, 1, s_a)
-    p = e_a / safe_a
+    p = jnp.exp(sh_a) * (1 / safe_a)
     dout = None
     if not _checks.is_symbolic_zero(da):
         # dD/da = p * (log p - log q - D); a row with D = +inf is locally
         # constant (+inf) and gets gradient 0.
-        s_b = jnp.sum(jnp.exp(sh_b), axis=axis, keepdims=True)
         low = jnp.finfo(a.dtype).min
         d_ab = jnp.maximum(sh_a, low) - jnp.maximum(sh_b, low)
         log_ratio = jnp.log(jnp.where(s_b == 0, 1, s_b)) - jnp.log(safe_a)
@@ -249,11 +255,8 @@ def _kl_logits_jvp(axis, primals, tangents):
         dout = jnp.sum(g * clean_tangent(da, mask), axis=axis)
     if not _checks.is_symbolic_zero(db):
         # dD/db = (sum p) softmax(b) - p  (= q - p on a non-empty row)
-        e_b = jnp.exp(sh_b)
-        s_b = jnp.sum(e_b, axis=axis, keepdims=True)
-        q = e_b / jnp.where(s_b == 0, 1, s_b)
-        sp = jnp.where(s_a == 0, 0, 1).astype(q.dtype)
-        t = jnp.sum((sp * q - p) * clean_tangent(db, mask), axis=axis)
+        sp_over_s_b = jnp.where(s_a == 0, 0, 1) / jnp.where(s_b == 0, 1, s_b)
+        t = jnp.sum((jnp.exp(sh_b) * sp_over_s_b - p) * clean_tangent(db, mask), axis=axis)
         dout = t if dout is None else dout + t
     return out, _zero_like_or(out, dout)
 
