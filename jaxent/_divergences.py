@@ -189,7 +189,10 @@ def _kl_logit_terms(a, b, mask, axis):
     """
     cdt = _checks.compute_dtype(a.dtype, b.dtype)
     tiny, low = jnp.finfo(cdt).tiny, jnp.finfo(cdt).min
-    (a, m_a), (b, m_b) = _max_then_convert(a, mask, axis, cdt), _max_then_convert(b, mask, axis, cdt)
+    (a, m_a), (b, m_b) = (
+        _max_then_convert(a, mask, axis, cdt),
+        _max_then_convert(b, mask, axis, cdt),
+    )
     s_a = jnp.sum(jnp.exp(a - m_a), axis=axis, keepdims=True)
     s_b = jnp.sum(jnp.exp(b - m_b), axis=axis, keepdims=True)
     # An empty row (s = 0) gets log(tiny): its log-probabilities stay -inf.
