@@ -48,14 +48,17 @@ less is a mask of rows and broadcasts to the input's shape without the class axi
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from typing import Any, overload
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import core as jax_core
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 Array = jax.Array
 
@@ -481,3 +484,27 @@ def check_option(value: Any, name: str, options: Sequence[str]) -> str:
 
 def is_symbolic_zero(t: Any) -> bool:
     return isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def one_call(*, static_argnames: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """``jax.jit`` for concrete calls, a plain call inside an outer trace.
+
+    An eager call is one compiled dispatch (as ``jax.nn.log_softmax``). Under a
+    trace (any argument a tracer) the function is traced inline instead: a
+    nested ``jit`` is inlined by XLA anyway, but tracing it costs a trace of a
+    custom rule's primal on top of its JVP under ``jax.grad`` (measured on a
+    jitted ``value_and_grad``).
+    """
+
+    def wrap(fn: F) -> F:
+        jitted = jax.jit(fn, static_argnames=static_argnames)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if any(is_tracer(x) for x in jax.tree.leaves((args, kwargs))):
+                return fn(*args, **kwargs)
+            return jitted(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return wrap

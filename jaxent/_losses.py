@@ -17,8 +17,6 @@ with static options, so an eager call is one compiled dispatch.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +61,7 @@ def _check_temperature(temperature) -> None:
 # --------------------------------------------------------------------------- soft labels
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@_checks.one_call(static_argnames=("axis",))
 def _soft_ce(x, y, where, log_base, temperature, *, axis):
     mask, rows = _checks.split_where(where, x.shape, axis)
     cdt = _checks.compute_dtype(x.dtype, y.dtype)
@@ -152,7 +150,7 @@ def logit_softcap(logits: ArrayLike, cap: ArrayLike) -> Array:
     return _eng.softcap(x.astype(cdt), jnp.asarray(cap, cdt)).astype(x.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "ignore_index"))
+@_checks.one_call(static_argnames=("axis", "ignore_index"))
 def _int_ce(x, labels, where, class_weights, z_loss, cap, log_base, temperature, *, axis,
             ignore_index):  # fmt: skip
     k = x.shape[axis]

@@ -27,7 +27,6 @@ between the true logit and every other one is finite
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -213,7 +212,7 @@ def _smoothing_rows(eps, k_row, convention):
     return jnp.where(has, one - eps, one), jnp.where(has, eps / jnp.where(has, n_off, one), zero)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "convention", "ignore_index", "integer"))
+@_checks.one_call(static_argnames=("axis", "convention", "ignore_index", "integer"))
 def _ls_ce(x, labels, eps, where, class_weights, log_base, *, axis, convention, ignore_index,
            integer):  # fmt: skip
     k = x.shape[axis]

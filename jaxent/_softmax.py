@@ -347,9 +347,12 @@ def dispatch(fn, *arrays: Any, **options: Any) -> Array:
     Options that are Python (or numpy) scalars, strings or ``None`` are static
     (validate them before calling, so errors fire at trace time); array options
     (a traced ``base`` or ``temperature``) are traced. Lists become arrays.
-    Inside an outer trace the call is inlined into it.
+    Inside an outer trace (any traced argument) ``fn`` is called directly
+    (see :func:`jaxent._checks.one_call`).
     """
     arrays = tuple(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in arrays)
+    if any(_checks.is_tracer(x) for x in jax.tree.leaves((arrays, options))):
+        return fn(*arrays, **options)
     static = tuple(
         sorted(
             (k, v.item() if isinstance(v, np.generic) else v)

@@ -56,3 +56,32 @@ def sigmoid_bce(z, y, pos_weight=1.0):
 
 def kl(p, q, axis=-1):
     return np.sum(sps.rel_entr(p, q), axis=axis)
+
+
+def compiled_programs(fn, *args):
+    """The XLA programs compiled by one call of ``fn(*args)`` from empty caches.
+
+    An eager call of a public function should compile one program (one
+    dispatch, as ``jax.nn.log_softmax``); op-by-op execution compiles one per
+    primitive.
+    """
+    import logging
+
+    import jax
+
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.DEBUG)
+    logger = logging.getLogger("jax")
+    jax.clear_caches()
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            jax.block_until_ready(fn(*args))
+    finally:
+        logger.removeHandler(handler)
+    return [m for m in messages if "XLA compilation" in m]
