@@ -177,10 +177,10 @@ def _entropy_rows(x: Array, mask: Array | None, axis: int) -> tuple[Array, Array
 def _entropy_fused(x: Array, mask: Array | None, axis: int) -> Array:
     """The forward as one chain ``max -> sum e -> sum p ls`` (one fusion, no N x K write).
 
-    ``H = -sum_i e_i / s * max(d_i - log s, lowest)`` with ``d = x - m``,
+    ``H = sum_i e_i / s * min(log s - d_i, largest)`` with ``d = x - m``,
     ``e = exp(d)`` and ``s = max(sum e, 1)``: a row with a class left has
     ``s >= 1`` (its maximum contributes ``e = 1``), so the floor changes
-    nothing there, and an empty row gets ``s = 1``, every term ``0 * lowest``
+    nothing there, and an empty row gets ``s = 1``, every term ``0 * largest``
     and ``H = 0``. NaN and ``+inf`` logits make ``m`` or ``d`` NaN. Only the
     last reduction leaves the chain: XLA:CPU then compiles it to one fusion
     that reads each row once (measured 1.03x optax's forward at 4096 x 32768
@@ -200,7 +200,8 @@ def _entropy_fused(x: Array, mask: Array | None, axis: int) -> Array:
     d = x.astype(cdt) - m
     e = jnp.exp(d)
     s = jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1)
-    return -jnp.sum(e * (1 / s) * jnp.maximum(d - jnp.log(s), lowest), axis=axis)
+    # -log p = log s - d >= 0, capped at the largest float (-inf logits): every term >= +0
+    return jnp.sum(e * (1 / s) * jnp.minimum(jnp.log(s) - d, -lowest), axis=axis)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
